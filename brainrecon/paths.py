@@ -1,0 +1,77 @@
+"""Where data, weights and artifacts live.
+
+Resolution order for every root: explicit argument > environment variable > default.
+Nothing else in brainrecon hard-codes a path.
+
+=====================  ===========================  ==============================
+root                   environment variable         default
+=====================  ===========================  ==============================
+data                   ``BRAINRECON_DATA``          ``~/brainrecon_data``
+weights                ``BRAINRECON_WEIGHTS``       ``~/brainrecon_weights``
+artifacts              ``BRAINRECON_ARTIFACTS``     ``./artifacts``
+=====================  ===========================  ==============================
+
+Weights that the project trains itself ship inside the package
+(:func:`bundled_weights_dir`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_ENV = {
+    "data": ("BRAINRECON_DATA", Path.home() / "brainrecon_data"),
+    "weights": ("BRAINRECON_WEIGHTS", Path.home() / "brainrecon_weights"),
+    "artifacts": ("BRAINRECON_ARTIFACTS", Path("artifacts")),
+}
+
+
+def _root(kind: str, explicit: str | os.PathLike | None) -> Path:
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    var, default = _ENV[kind]
+    value = os.environ.get(var)
+    return Path(value).expanduser() if value else default
+
+
+def data_root(path: str | os.PathLike | None = None) -> Path:
+    """Root folder of datasets (NSD, GOD, bring-your-own)."""
+    return _root("data", path)
+
+
+def weights_root(path: str | os.PathLike | None = None) -> Path:
+    """Root folder of published checkpoints the user downloaded."""
+    return _root("weights", path)
+
+
+def artifacts_root(path: str | os.PathLike | None = None) -> Path:
+    """Root folder of stage outputs."""
+    return _root("artifacts", path)
+
+
+def bundled_weights_dir() -> Path:
+    """Folder of the small models trained by the project and shipped in the package."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def repo_root() -> Path | None:
+    """The source checkout's root when running from one (has ``pyproject.toml``), else None."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else None
+
+
+def shared_data_dir() -> Path | None:
+    """``../shared/data`` beside the checkout (development and CI only), or None if absent.
+
+    ``BRAINRECON_SHARED_DATA`` overrides the location.
+    """
+    env = os.environ.get("BRAINRECON_SHARED_DATA")
+    if env:
+        p = Path(env)
+        return p if p.is_dir() else None
+    root = repo_root()
+    if root is None:
+        return None
+    p = root.parent / "shared" / "data"
+    return p if p.is_dir() else None

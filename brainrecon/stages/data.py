@@ -1,0 +1,164 @@
+"""The data stage: betas, split, stimuli and captions of one subject, in one folder.
+
+Every data source (toy, simulated NSD, NSD, GOD, bring-your-own) is adapted
+here to the same artifact:
+
+==========================  =========================================================
+file                        content
+==========================  =========================================================
+``X_train.npy``             (n_train, n_voxels) float32, z-scored with training stats
+``X_test.npy``              (n_test, n_voxels) float32
+``train_ids.npy``           stimulus id per training row
+``test_ids.npy``            stimulus id per test row
+``stimuli_train.npy``       (n_train, H, W, 3) uint8
+``stimuli_test.npy``        (n_test, H, W, 3) uint8
+``captions.json``           ``{"train": [[str, ...], ...], "test": [...]}`` (optional)
+``roi_<name>.npy``          label per voxel of each ROI file (optional)
+``info.json``               counts and loader details
+==========================  =========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainrecon.errors import ConfigError, ShapeMismatchError
+from brainrecon.stages.base import Artifact, RunContext, Stage
+
+
+@dataclass
+class SplitData:
+    """What every data source hands to the data stage."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    stimuli_train: np.ndarray
+    stimuli_test: np.ndarray
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    captions_train: list[list[str]] | None = None
+    captions_test: list[list[str]] | None = None
+    rois: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Check that rows, voxels and stimuli line up; raise naming both sides."""
+        if self.X_train.ndim != 2 or self.X_test.ndim != 2:
+            raise ShapeMismatchError("betas", "2-D (n_samples, n_voxels)", (self.X_train.shape, self.X_test.shape))
+        if self.X_train.shape[1] != self.X_test.shape[1]:
+            raise ShapeMismatchError("test betas voxels", self.X_train.shape[1], self.X_test.shape[1])
+        for split, X, S, ids in (
+            ("train", self.X_train, self.stimuli_train, self.train_ids),
+            ("test", self.X_test, self.stimuli_test, self.test_ids),
+        ):
+            if len(S) != len(X):
+                raise ShapeMismatchError(f"{split} stimuli (one per beta row)", len(X), len(S))
+            if len(ids) != len(X):
+                raise ShapeMismatchError(f"{split} ids (one per beta row)", len(X), len(ids))
+        for name, labels in self.rois.items():
+            if len(labels) != self.X_train.shape[1]:
+                raise ShapeMismatchError(f"ROI {name!r} labels (one per voxel)", self.X_train.shape[1], len(labels))
+
+
+def _zscore_train(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = X_train.mean(0, dtype=np.float64)
+    sd = X_train.std(0, ddof=1, dtype=np.float64)
+    sd[sd == 0] = 1.0
+    return ((X_train - mu) / sd).astype(np.float32), ((X_test - mu) / sd).astype(np.float32)
+
+
+def _load_toy(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    from brainrecon.testing import make_toy_experiment
+
+    kwargs = {k: v for k, v in params.items() if k != "source"}
+    exp = make_toy_experiment(**kwargs)
+    X_tr, X_te = _zscore_train(exp.X_train, exp.X_test)
+    return SplitData(
+        X_train=X_tr,
+        X_test=X_te,
+        stimuli_train=exp.stimuli_train,
+        stimuli_test=exp.stimuli_test,
+        train_ids=np.arange(len(X_tr)),
+        test_ids=np.arange(len(X_tr), len(X_tr) + len(X_te)),
+        captions_train=exp.captions_train,
+        captions_test=exp.captions_test,
+        info={"source": "toy", "zscore": "train"},
+    )
+
+
+#: Data sources by name; each takes (params, resources, progress).
+SOURCES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]] = {"toy": _load_toy}
+
+
+def register_source(name: str, loader: Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]) -> None:
+    """Make a data source available to the data stage under ``name``."""
+    SOURCES[name] = loader
+
+
+def config_digest(params: Mapping[str, Any], n: int = 10) -> str:
+    """Short stable digest of a JSON-able mapping (used to name simulated datasets)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+class DataStage(Stage):
+    """Load one subject's betas and stimuli from a configured source.
+
+    Parameters (``params``)
+    -----------------------
+    source : str
+        One of :data:`SOURCES`.
+    Other keys are handed to the source's loader.
+    """
+
+    name = "data"
+    version = 1
+
+    def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+        source = self.params.get("source")
+        if source not in SOURCES:
+            raise ConfigError(f"data.source: expected one of {sorted(SOURCES)}, got {source!r}")
+        data = SOURCES[source](self.params, ctx.resources, ctx.progress)
+        data.validate()
+        ctx.save_array("X_train", np.asarray(data.X_train, dtype=np.float32))
+        ctx.save_array("X_test", np.asarray(data.X_test, dtype=np.float32))
+        ctx.save_array("train_ids", np.asarray(data.train_ids))
+        ctx.save_array("test_ids", np.asarray(data.test_ids))
+        ctx.save_array("stimuli_train", np.asarray(data.stimuli_train, dtype=np.uint8))
+        ctx.save_array("stimuli_test", np.asarray(data.stimuli_test, dtype=np.uint8))
+        if data.captions_train is not None and data.captions_test is not None:
+            ctx.save_json("captions", {"train": data.captions_train, "test": data.captions_test})
+        for roi, labels in data.rois.items():
+            ctx.save_array(f"roi_{roi}", np.asarray(labels))
+        info = {
+            "n_train": int(len(data.X_train)),
+            "n_test": int(len(data.X_test)),
+            "n_voxels": int(data.X_train.shape[1]),
+            "stimulus_shape": list(data.stimuli_test.shape[1:]),
+            "rois": sorted(data.rois),
+            **data.info,
+        }
+        ctx.save_json("info", info)
+        return info
+
+
+def read_captions(artifact: Artifact, split: str) -> list[list[str]] | None:
+    """Captions of a data artifact's split, or None when the source has none."""
+    if not artifact.has("captions.json"):
+        return None
+    return artifact.json("captions")[split]
+
+
+def resolve_root(resources: Mapping[str, Any], key: str, what: str) -> Path:
+    """A path resource, with an error naming the config key when it is missing."""
+    value = resources.get(key)
+    if value is None:
+        raise ConfigError(f"{key}: a path to the {what} is required")
+    return Path(value).expanduser()

@@ -1,0 +1,1 @@
+"""Thin Hydra entry points. The library (``brainrecon``) never imports Hydra."""
