@@ -93,8 +93,104 @@ def _load_toy(params: Mapping[str, Any], resources: Mapping[str, Any], progress:
     )
 
 
+_NSD_KEYS = ("subject", "sessions", "roi", "average_repeats", "zscore", "beta_format", "nan", "roi_files")
+
+
+def _split_from_nsd(root: Path, params: Mapping[str, Any], progress: bool, **defaults: Any) -> SplitData:
+    """Prepare one NSD-layout subject and read its stimuli and captions by id."""
+    from brainrecon.data import nsd
+
+    kwargs = {**defaults, **{k: params[k] for k in _NSD_KEYS if params.get(k) is not None}}
+    prep = nsd.prepare_subject(root, progress=progress, **kwargs)
+    size = params.get("stimulus_size")
+    stim_tr = nsd.read_stimuli(root, prep.train_ids, size=size)
+    stim_te = nsd.read_stimuli(root, prep.test_ids, size=size)
+    try:
+        cap_tr = nsd.read_captions(root, prep.train_ids, path=params.get("captions_file"))
+        cap_te = nsd.read_captions(root, prep.test_ids, path=params.get("captions_file"))
+    except FileNotFoundError:
+        if params.get("captions_required", False):
+            raise
+        cap_tr = cap_te = None
+    info = {k: v for k, v in prep.info.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+    return SplitData(
+        X_train=np.asarray(prep.X_train),
+        X_test=np.asarray(prep.X_test),
+        stimuli_train=stim_tr,
+        stimuli_test=stim_te,
+        train_ids=prep.train_ids,
+        test_ids=prep.test_ids,
+        captions_train=cap_tr,
+        captions_test=cap_te,
+        rois=dict(prep.roi_labels),
+        info={"source": "nsd", "nsd_root": str(root), **info},
+    )
+
+
+def _load_nsd(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    root = Path(params.get("nsd_root") or resolve_root(resources, "data_root", "NSD dataset")).expanduser()
+    return _split_from_nsd(root, params, progress)
+
+
+_SIM_EXCLUDED = {"source", "sim_root", *_NSD_KEYS, "stimulus_size", "captions_file", "captions_required"}
+
+
+def _load_sim(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    """Simulate (or reuse) a small NSD in the real layout, then read it with the real NSD loader."""
+    from dataclasses import asdict, fields
+
+    from brainrecon.sim import SimConfig, simulate_nsd
+
+    names = {f.name for f in fields(SimConfig)}
+    unknown = sorted(set(params) - names - _SIM_EXCLUDED)
+    if unknown:
+        raise ConfigError(f"data: unknown simulation parameter(s) {unknown}; expected names from {sorted(names)}")
+    sim_cfg = SimConfig(**{k: v for k, v in params.items() if k in names})
+    if params.get("sim_root") is None:
+        raise ConfigError("data.sim_root: a folder for the simulated dataset is required")
+    # One folder per simulation configuration, so changing a parameter never reuses stale files.
+    root = Path(params["sim_root"]).expanduser() / config_digest(asdict(sim_cfg))
+    simulate_nsd(root, sim_cfg, progress=progress)
+    split = _split_from_nsd(root, {**params, "subject": sim_cfg.subject}, progress)
+    split.info["source"] = "sim"
+    split.info["sim_root"] = str(root)
+    return split
+
+
+def _load_byo(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    """A bring-your-own experiment (one HDF5/NPZ file or a folder; see ``docs/byo_format.md``)."""
+    from brainrecon.data.byo import load_byo
+
+    if params.get("byo_path") is None:
+        raise ConfigError("data.byo_path: the bring-your-own file or folder is required")
+    prep = load_byo(
+        params["byo_path"],
+        zscore=params.get("zscore", "train"),
+        average=bool(params.get("average_repeats", True)),
+        image_size=params.get("stimulus_size"),
+        nan_voxels=params.get("nan_voxels", "error"),
+    )
+    return SplitData(
+        X_train=prep.X_train,
+        X_test=prep.X_test,
+        stimuli_train=prep.stimuli_train,
+        stimuli_test=prep.stimuli_test,
+        train_ids=prep.train_ids,
+        test_ids=prep.test_ids,
+        captions_train=prep.captions_train,
+        captions_test=prep.captions_test,
+        rois={k: np.asarray(v, dtype=np.int8) for k, v in prep.roi_masks.items()},
+        info={"source": "byo", **{k: v for k, v in prep.info.items() if isinstance(v, (int, float, str, bool, list))}},
+    )
+
+
 #: Data sources by name; each takes (params, resources, progress).
-SOURCES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]] = {"toy": _load_toy}
+SOURCES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]] = {
+    "toy": _load_toy,
+    "nsd": _load_nsd,
+    "sim": _load_sim,
+    "byo": _load_byo,
+}
 
 
 def register_source(name: str, loader: Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]) -> None:

@@ -115,6 +115,7 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
     for name in spaces:
         ev_up[f"generate/{name}"] = stages[f"generate/{name}"]
         ev_up[f"predict/{name}"] = stages[f"predict/{name}"]
+        ev_up[f"extract/{name}"] = stages[f"extract/{name}"]
     stages["evaluate"] = EvaluateStage(
         {"seed": seed, "experiment": cfg.get("name", "experiment"), **_section(cfg, "metrics")},
         ev_up,

@@ -27,26 +27,6 @@ def _r2_per_column(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         return 1.0 - ss_res / ss_tot
 
 
-def latent_two_way(Z_true: np.ndarray, Z_pred: np.ndarray) -> float:
-    """Two-way identification of predicted vs. true latents (Pearson across features).
-
-    For every prediction j, the fraction of other samples i whose true latent
-    correlates less with prediction j than sample j's own true latent does;
-    averaged over j. Chance is 0.5.
-    """
-    n = len(Z_true)
-    if n < 2:
-        return float("nan")
-    A = Z_true - Z_true.mean(1, keepdims=True)
-    B = Z_pred - Z_pred.mean(1, keepdims=True)
-    A /= np.linalg.norm(A, axis=1, keepdims=True) + 1e-12
-    B /= np.linalg.norm(B, axis=1, keepdims=True) + 1e-12
-    C = A @ B.T  # C[i, j] = corr(true_i, pred_j)
-    own = np.diag(C)
-    wins = (C < own[None, :]).sum(0)
-    return float(wins.mean() / (n - 1))
-
-
 class PredictStage(Stage):
     """Predict every target for the test betas.
 
@@ -64,6 +44,7 @@ class PredictStage(Stage):
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         from brainrecon.decoding.ridge import RidgeDecoder
         from brainrecon.decoding.rescale import rescale
+        from brainrecon.metrics.identification import latent_identification
 
         data, extract, fit = inputs["data"], inputs["extract"], inputs["fit"]
         X_test = np.asarray(data.array("X_test"))
@@ -86,6 +67,6 @@ class PredictStage(Stage):
             summary[t] = {
                 "r2_mean": float(np.nanmean(_r2_per_column(Y_true, Z_hat))),
                 "pearson_mean": float(np.nanmean(_pearson_per_column(Y_true, Z_hat))),
-                "two_way_identification": latent_two_way(Y_true, Z_hat),
+                "two_way_identification": float(np.mean(latent_identification(Z_hat, Y_true))),
             }
         return summary
