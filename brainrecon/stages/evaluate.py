@@ -36,8 +36,8 @@ class EvaluateStage(Stage):
     n_boot, n_perm : int
         Bootstrap resamples and permutations of the statistics.
     seed : int
-    weights_dir : path
-        Folder of the metric backbones' published weights (not hashed).
+    weights_root : path
+        Root of published weights; backbones are looked for under ``metrics/`` (not hashed).
     experiment : str
         Title of the report.
     """
@@ -70,7 +70,7 @@ class EvaluateStage(Stage):
             preset=str(self.params.get("preset", "brain_diffuser")),
             latents=latents,
             metrics=self.params.get("metrics"),
-            weights_root=self.params.get("weights_dir"),
+            weights_root=self.params.get("weights_root"),
             n_boot=int(self.params.get("n_boot", 1000)),
             n_perm=int(self.params.get("n_perm", 1000)),
             seed=int(self.params.get("seed", 0)),
