@@ -390,13 +390,17 @@ class RidgeDecoder:
                 )
             if constant.size == p:
                 raise DataFormatError(f"X: all {p} columns are constant; nothing to fit")
-        # One pass over Y: finiteness check and the training means, chunk by chunk.
+        # One pass over Y, chunk by chunk: column sums in float64 give the training means and double
+        # as the finiteness check (a NaN/inf makes its column sum non-finite; float32 values cannot
+        # overflow a float64 sum), so the element-wise test only runs on a chunk known to be bad.
         y_mean = np.zeros(t, dtype=np.float64)
         for sl in _chunks(t, self.chunk_size):
             block = Y[:, sl]
-            _check_finite(block, "Y", col_offset=sl.start)
+            sums = np.add.reduce(block, axis=0, dtype=np.float64)
+            if not np.all(np.isfinite(sums)):
+                _check_finite(block, "Y", col_offset=sl.start)
             if self.fit_intercept:
-                y_mean[sl] = block.mean(axis=0, dtype=np.float64)
+                y_mean[sl] = sums / n
 
         # Centre in the working dtype: a float64 intermediate would double the peak memory of X.
         xc_np = np.subtract(X, x_mean.astype(np_dtype), dtype=np_dtype) if self.fit_intercept else np.array(X, dtype=np_dtype)

@@ -313,9 +313,21 @@ class Stage(ABC):
         self.scope = scope
         self.resources = dict(resources or {})
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of code or files the stage depends on beyond ``params`` (hashed into the key).
+
+        Override to tie the cache to, e.g., a simulator's format version or a
+        weights file's digest. Empty by default.
+        """
+        return {}
+
     def key(self) -> str:
         """Cache key (recursively includes upstream keys)."""
-        return compute_key(self.name, self.version, self.params, {k: s.key() for k, s in self.upstream.items()})
+        params = dict(self.params)
+        fp = self.fingerprint()
+        if fp:
+            params["__fingerprint__"] = fp
+        return compute_key(self.name, self.version, params, {k: s.key() for k, s in self.upstream.items()})
 
     @abstractmethod
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> Mapping[str, Any] | None:

@@ -14,6 +14,7 @@ file                        content
 ``stimuli_test.npy``        (n_test, H, W, 3) uint8
 ``captions.json``           ``{"train": [[str, ...], ...], "test": [...]}`` (optional)
 ``roi_<name>.npy``          label per voxel of each ROI file (optional)
+``voxel_ijk.npy``           (n_voxels, 3) volume indices of the columns (optional)
 ``info.json``               counts and loader details
 ==========================  =========================================================
 """
@@ -46,6 +47,7 @@ class SplitData:
     captions_train: list[list[str]] | None = None
     captions_test: list[list[str]] | None = None
     rois: dict[str, np.ndarray] = field(default_factory=dict)
+    voxel_ijk: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -123,6 +125,7 @@ def _split_from_nsd(root: Path, params: Mapping[str, Any], progress: bool, **def
         captions_train=cap_tr,
         captions_test=cap_te,
         rois=dict(prep.roi_labels),
+        voxel_ijk=prep.voxel_ijk,
         info={"source": "nsd", "nsd_root": str(root), **info},
     )
 
@@ -140,6 +143,7 @@ def _load_sim(params: Mapping[str, Any], resources: Mapping[str, Any], progress:
     from dataclasses import asdict, fields
 
     from brainrecon.sim import SimConfig, simulate_nsd
+    from brainrecon.sim.truth import TRUTH_FORMAT_VERSION
 
     names = {f.name for f in fields(SimConfig)}
     unknown = sorted(set(params) - names - _SIM_EXCLUDED)
@@ -149,7 +153,7 @@ def _load_sim(params: Mapping[str, Any], resources: Mapping[str, Any], progress:
     if params.get("sim_root") is None:
         raise ConfigError("data.sim_root: a folder for the simulated dataset is required")
     # One folder per simulation configuration, so changing a parameter never reuses stale files.
-    root = Path(params["sim_root"]).expanduser() / config_digest(asdict(sim_cfg))
+    root = Path(params["sim_root"]).expanduser() / config_digest({**asdict(sim_cfg), "format": TRUTH_FORMAT_VERSION})
     simulate_nsd(root, sim_cfg, progress=progress)
     split = _split_from_nsd(root, {**params, "subject": sim_cfg.subject}, progress)
     split.info["source"] = "sim"
@@ -215,7 +219,14 @@ class DataStage(Stage):
     """
 
     name = "data"
-    version = 1
+    version = 2  # 2: voxel_ijk.npy
+
+    def fingerprint(self) -> dict[str, Any]:
+        if self.params.get("source") == "sim":
+            from brainrecon.sim.truth import TRUTH_FORMAT_VERSION
+
+            return {"sim_format": TRUTH_FORMAT_VERSION}
+        return {}
 
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         source = self.params.get("source")
@@ -233,6 +244,8 @@ class DataStage(Stage):
             ctx.save_json("captions", {"train": data.captions_train, "test": data.captions_test})
         for roi, labels in data.rois.items():
             ctx.save_array(f"roi_{roi}", np.asarray(labels))
+        if data.voxel_ijk is not None:
+            ctx.save_array("voxel_ijk", np.asarray(data.voxel_ijk, dtype=np.int64))
         info = {
             "n_train": int(len(data.X_train)),
             "n_test": int(len(data.X_test)),

@@ -184,3 +184,17 @@ def test_list_finds_complete_artifacts_only(artifacts):
     Runner(store, progress=False).run(graph()[-1])
     (artifacts / "s" / "source" / "deadbeef.tmp").mkdir()
     assert sorted(a.stage for a in store.list()) == ["double", "source", "source", "total"]
+
+
+class Versioned(Source):
+    code = 1
+
+    def fingerprint(self):
+        return {"code": Versioned.code}
+
+
+def test_fingerprint_change_invalidates_cache(artifacts):
+    Versioned.code = 1
+    k1 = Versioned({"n": 3}, scope="s").key()
+    Versioned.code = 2
+    assert Versioned({"n": 3}, scope="s").key() != k1
