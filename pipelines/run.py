@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from brainrecon.errors import BrainreconError
 from pipelines.config import build_spaces, to_plain
@@ -47,10 +48,15 @@ def execute(cfg: DictConfig) -> Path | None:
 def _main(cfg: DictConfig) -> None:
     try:
         execute(cfg)
-    except BrainreconError as exc:
+    except (BrainreconError, OmegaConfBaseException) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"brainrecon: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OmegaConfBaseException):  # e.g. a mandatory value (???) left unset
+            key = getattr(exc, "full_key", None)
+            msg = f"config key {key}: {exc.msg}" if key else str(exc).splitlines()[0]
+        else:
+            msg = str(exc)
+        print(f"brainrecon: error: {msg}", file=sys.stderr)
         print("(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)
 

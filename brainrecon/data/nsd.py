@@ -58,6 +58,7 @@ import numpy as np
 
 from brainrecon.data.rois import NSD_ROI_LABELS, labels_at, mask_to_ijk, read_roi_volume, roi_mask
 from brainrecon.data.stimuli import StimulusBrick, read_caption_rows
+from brainrecon.fingerprint import file_fingerprint
 from brainrecon.errors import ConfigError, DataFormatError, MissingDataError, ShapeMismatchError
 from brainrecon.preprocessing import (
     NSD_BETA_SCALE,
@@ -580,27 +581,8 @@ def _session_trial_counts(
     return counts
 
 
-def _file_fingerprint(path: Path, n_samples: int = 16, block: int = 4096) -> str:
-    """Size plus a hash of the whole file (small files) or of evenly spaced blocks (large).
-
-    Neither paths nor modification times enter, so moving or copying the data keeps a cache
-    valid, while two datasets of equal shapes but different values (e.g. two simulator
-    seeds) get different keys.
-    """
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        if size <= n_samples * block * 4:
-            h.update(f.read())
-        else:
-            for i in range(n_samples):
-                f.seek((size - block) * i // (n_samples - 1))
-                h.update(f.read(block))
-    return h.hexdigest()[:16]
-
-
 def _cache_key(params: dict, files: list[Path]) -> str:
-    desc = {"params": params, "files": [[p.name, _file_fingerprint(p)] for p in files],
+    desc = {"params": params, "files": [[p.name, file_fingerprint(p)] for p in files],
             "version": _CACHE_VERSION}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 

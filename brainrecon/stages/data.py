@@ -222,10 +222,18 @@ class DataStage(Stage):
     version = 2  # 2: voxel_ijk.npy
 
     def fingerprint(self) -> dict[str, Any]:
-        if self.params.get("source") == "sim":
+        """The data's content: paths are not hashed, so two datasets at two paths must differ here."""
+        from brainrecon.fingerprint import path_fingerprint
+
+        source = self.params.get("source")
+        if source == "sim":  # the files are a function of the (hashed) configuration and the simulator
             from brainrecon.sim.truth import TRUTH_FORMAT_VERSION
 
             return {"sim_format": TRUTH_FORMAT_VERSION}
+        if source == "byo" and self.params.get("byo_path"):
+            return {"byo": path_fingerprint(self.params["byo_path"])}
+        if source == "nsd" and self.params.get("nsd_root"):
+            return {"nsd": nsd_fingerprint(Path(self.params["nsd_root"]), int(self.params.get("subject", 1)))}
         return {}
 
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
@@ -256,6 +264,21 @@ class DataStage(Stage):
         }
         ctx.save_json("info", info)
         return info
+
+
+def nsd_fingerprint(root: Path, subject: int) -> str:
+    """Fingerprint of an NSD subject's design, betas and ROI files (missing ones count as missing)."""
+    from brainrecon.fingerprint import files_fingerprint
+
+    root = root.expanduser()
+    subj = f"subj{subject:02d}"
+    folders = [
+        root / "nsddata" / "experiments" / "nsd",
+        root / "nsddata_betas" / "ppdata" / subj / "func1pt8mm" / "betas_fithrf_GLMdenoise_RR",
+        root / "nsddata" / "ppdata" / subj / "func1pt8mm" / "roi",
+    ]
+    files = [p for d in folders if d.is_dir() for p in d.iterdir() if p.is_file()]
+    return files_fingerprint(files, base=root) if files else "missing"
 
 
 def read_captions(artifact: Artifact, split: str) -> list[list[str]] | None:

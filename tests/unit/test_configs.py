@@ -100,3 +100,17 @@ def test_cli_bad_value_gives_short_message(tmp_path):
     assert "data.source" in out.stderr and "nope" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) <= 4, out.stderr
+
+
+def test_cli_missing_mandatory_value_names_the_key(tmp_path):
+    out = _cli("data=byo", f"paths.artifacts_root={tmp_path}")
+    assert out.returncode == 2
+    assert "data.byo_path" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_missing_data_file_names_the_path(tmp_path):
+    out = _cli("data=byo", f"data.byo_path={tmp_path}/nope.npz", f"paths.artifacts_root={tmp_path}")
+    assert out.returncode == 2
+    assert f"{tmp_path}/nope.npz" in out.stderr
+    assert "Traceback" not in out.stderr
