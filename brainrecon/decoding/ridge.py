@@ -488,11 +488,19 @@ class RidgeDecoder:
         return out
 
     # ------------------------------------------------------------------ selection
-    def _y_chunk(self, sl: slice, rows: np.ndarray | slice = slice(None), mean: Any = None) -> Any:
-        """Centred target block on the backend (a bounded copy of Y[rows, sl])."""
-        block = self._ops.asarray(self._y[rows, sl])
+    def _y_chunk(self, sl: slice | np.ndarray, rows: np.ndarray | slice = slice(None), mean: Any = None) -> Any:
+        """Centred target block on the backend: a bounded copy of ``Y[rows, sl]`` (sl: slice or indices)."""
+        raw = self._y[rows, sl]
+        if isinstance(sl, slice) and isinstance(rows, slice) and self._ops.name == "numpy":
+            # A basic-indexing view may alias Y itself (single chunk): copy before centring in place.
+            raw = np.array(raw, dtype=self._ops.dtype, order="C", copy=True)
+        block = self._ops.asarray(raw)
         if self.fit_intercept:
-            block = block - (self._ym_b[sl] if mean is None else mean)
+            centre = self._ym_b[self._ops.index(sl) if not isinstance(sl, slice) else sl] if mean is None else mean
+            if self._ops.name == "numpy":
+                block -= centre
+            else:
+                block = block - centre
         return block
 
     def _select_from_eigen(self, grid: np.ndarray, loo: bool) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -631,17 +639,23 @@ class RidgeDecoder:
         alpha_ids = np.unique(self._alpha_idx)
         maps = self._sample_maps(q, alpha_ids)
         out = np.empty((Q.shape[0], self.n_targets_), dtype=np.dtype(self.dtype))
+        # Visit targets grouped by alpha (stable order), so that inside a chunk every alpha owns a
+        # contiguous run of columns: one gather of Y per chunk, then one GEMM per run on a view.
+        order = np.argsort(self._alpha_idx, kind="stable")
         for sl in self._progress(_chunks(self.n_targets_, self.chunk_size), "ridge predict"):
-            yc = self._y_chunk(sl)
-            ids = self._alpha_idx[sl]
-            if ids.min() == ids.max():
-                out[:, sl] = ops.to_numpy(maps[int(ids[0])] @ yc)
+            cols = order[sl]
+            ids = self._alpha_idx[cols]
+            contiguous = bool(np.all(np.diff(cols) == 1))  # always true with a single alpha
+            dest = slice(int(cols[0]), int(cols[-1]) + 1) if contiguous else cols
+            yc = self._y_chunk(dest)
+            starts = np.concatenate(([0], np.flatnonzero(np.diff(ids)) + 1, [ids.size]))
+            if starts.size == 2:
+                out[:, dest] = ops.to_numpy(maps[int(ids[0])] @ yc)
                 continue
             block = np.empty((Q.shape[0], ids.size), dtype=out.dtype)
-            for a in np.unique(ids):
-                cols = np.flatnonzero(ids == a)
-                block[:, cols] = ops.to_numpy(maps[int(a)] @ yc[:, ops.index(cols)])
-            out[:, sl] = block
+            for a, b in zip(starts[:-1], starts[1:]):
+                block[:, a:b] = ops.to_numpy(maps[int(ids[a])] @ yc[:, int(a) : int(b)])
+            out[:, dest] = block
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:

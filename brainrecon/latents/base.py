@@ -73,6 +73,10 @@ class LatentSpace(Protocol):
         Short name used in target keys (``<name>.<target>``).
     targets : Mapping[str, TargetSpec]
         The regression targets this space produces and consumes.
+
+    Spaces that load weights may also define ``fingerprint() -> dict`` (e.g. a
+    digest of the weights file); the extract stage hashes it into its cache key,
+    so retrained weights never reuse stale latents.
     """
 
     name: str

@@ -9,6 +9,7 @@ and ``report/index.html``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,7 @@ class EvaluateStage(Stage):
             preset=str(self.params.get("preset", "brain_diffuser")),
             latents=latents,
             metrics=self.params.get("metrics"),
-            weights_root=self.params.get("weights_root"),
+            weights_root=None if self.params.get("weights_root") is None else Path(self.params["weights_root"]).expanduser().resolve(),
             n_boot=int(self.params.get("n_boot", 1000)),
             n_perm=int(self.params.get("n_perm", 1000)),
             seed=int(self.params.get("seed", 0)),
@@ -109,8 +110,6 @@ def sim_brain_correlation(
     category content cannot be read from pixels: the comparison is fair, and
     category ROIs are scored on their (weak) low-level drive only.
     """
-    from pathlib import Path
-
     from brainrecon.metrics.brain import brain_correlation, roi_masks_from_labels
     from brainrecon.metrics.identification import bootstrap_ci
     from brainrecon.sim.encoding import EncodingModel

@@ -42,6 +42,11 @@ class ExtractStage(Stage):
     name = "extract"
     version = 1
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The space's own identity (e.g. a digest of its weights), when it offers one."""
+        fp = getattr(self.resources.get("space"), "fingerprint", None)
+        return {"space": fp()} if callable(fp) else {}
+
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         space = space_from(ctx.resources, self.name)
         data = inputs["data"]

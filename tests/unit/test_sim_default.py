@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from sklearn.linear_model import RidgeCV
 
 from brainrecon.sim import FLOC_CATEGORY, SimConfig, simulate_nsd
-from brainrecon.sim.ceiling import oracle_decoding
+from brainrecon.sim.ceiling import averaged_betas, oracle_decoding
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +52,23 @@ def test_default_category_rois_and_decodability(default):
         assert r[has].mean() > r[~has].mean() + r.std(), roi
     oracle = oracle_decoding(truth)["r"]
     assert np.nanmedian(oracle[: -len(truth.categories)]) > 0.3
+
+
+def test_default_coarse_colour_images_are_decodable(default):
+    """Acceptance of the luminance/colour block: ridge from voxels to 8x8 RGB test images."""
+    truth, _ = default
+    tr, te = truth.train_image_ids, truth.test_image_ids
+    x_tr, x_te = averaged_betas(truth, tr).astype(np.float64), averaged_betas(truth, te).astype(np.float64)
+    mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0)
+
+    def tiny(ids):
+        im = truth.stimuli(ids).astype(np.float64) / 255.0
+        n, s = im.shape[:2]
+        return im.reshape(n, 8, s // 8, 8, s // 8, 3).mean(axis=(2, 4)).reshape(n, -1)
+
+    ridge = RidgeCV(alphas=np.logspace(0, 7, 8), alpha_per_target=True).fit((x_tr - mu) / sd, tiny(tr))
+    pred, true = ridge.predict((x_te - mu) / sd), tiny(te)
+    r = np.corrcoef(pred, true)[: len(te), len(te) :]  # r[i, j]: decoded i vs true j
+    pixcorr = np.diag(r).mean()
+    two_way = np.mean([(r[i, i] > np.delete(r[i], i)).mean() for i in range(len(te))])
+    assert pixcorr >= 0.3 and two_way >= 0.9, (pixcorr, two_way)

@@ -1,4 +1,5 @@
-"""The simulator's encoding model: Gabor energy features, pRFs, category selectivity, I/O."""
+"""The simulator's encoding model: Gabor energy and luminance/colour features, pRFs, category
+selectivity, I/O."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from brainrecon.sim.encoding import (
     build_encoding_model,
     gabor_energy_features,
     image_hashes,
+    lowlevel_features,
+    lumcol_features,
     prf_cell_weights,
 )
 from brainrecon.sim.stimuli import procedural_stimuli
@@ -44,7 +47,7 @@ def model_and_stimuli():
     rng = np.random.default_rng(11)
     vox = place_voxels(400, rng)
     stim = procedural_stimuli(120, N, rng)
-    feats = np.concatenate([gabor_energy_features(stim.images, SPEC), stim.semantics], axis=1)
+    feats = np.concatenate([lowlevel_features(stim.images, SPEC), stim.semantics], axis=1)
     sd = np.full(vox.n_voxels, 1.5)
     mean = np.full(vox.n_voxels, 1.0)
     model = build_encoding_model(vox, feats, sd, mean, rng, SPEC, image_hashes(stim.images))
@@ -54,14 +57,24 @@ def model_and_stimuli():
 
 
 def test_feature_spec_names():
-    assert SPEC.n_lowlevel == 4 * (16 * 16 + 8 * 8 + 4 * 4)
+    # low-level = Gabor energy (4 orientations x 3 grids) + luminance/colour (3 channels x ON/OFF x 8x8)
+    assert SPEC.n_energy == 4 * (16 * 16 + 8 * 8 + 4 * 4)
+    assert SPEC.n_lumcol == 3 * 2 * 8 * 8
+    assert SPEC.n_lowlevel == SPEC.n_energy + SPEC.n_lumcol
     assert SPEC.n_features == SPEC.n_lowlevel + len(CATEGORIES)
     names = SPEC.feature_names()
     assert len(names) == len(set(names)) == SPEC.n_features
     assert names[0] == "energy/cpi16/ori0/r0c0" and names[-1] == "semantic/ball"
+    assert names[SPEC.n_energy - 1] == "energy/cpi4/ori135/r3c3"
+    assert names[SPEC.lumcol_slice][0] == "lumcol/lum/on/r0c0"
+    assert names[SPEC.lumcol_slice][64 + 8 + 2] == "lumcol/lum/off/r1c2"
+    assert names[SPEC.lumcol_slice][-1] == "lumcol/by/off/r7c7"
+    assert names[SPEC.semantic_slice][0] == "semantic/face"
     assert FeatureSpec.from_json(SPEC.to_json()) == SPEC
     with pytest.raises(ShapeMismatchError):
         FeatureSpec(grids=(16, 8))
+    with pytest.raises(ShapeMismatchError):
+        FeatureSpec(lumcol_grid=6)  # not a divisor of model_size=64
 
 
 def test_gabor_energy_orientation_frequency_and_position():
@@ -89,12 +102,48 @@ def test_gabor_energy_inputs():
     small = img.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3)) / 255.0
     np.testing.assert_allclose(gabor_energy_features(small[None], SPEC), f_float, rtol=1e-4, atol=1e-6)
     # a single image (H, W, 3) is accepted; other sizes are resized
-    assert gabor_energy_features(img, SPEC).shape == (1, SPEC.n_lowlevel)
-    assert gabor_energy_features(grating(8, 0, size=50)[None], SPEC).shape == (1, SPEC.n_lowlevel)
+    assert gabor_energy_features(img, SPEC).shape == (1, SPEC.n_energy)
+    assert gabor_energy_features(grating(8, 0, size=50)[None], SPEC).shape == (1, SPEC.n_energy)
+    assert lowlevel_features(grating(8, 0, size=50)[None], SPEC).shape == (1, SPEC.n_lowlevel)
     with pytest.raises(ShapeMismatchError):
         gabor_energy_features(np.zeros((2, 32, 32), np.uint8), SPEC)
     with pytest.raises(DataFormatError):
         gabor_energy_features(np.full((1, 32, 32, 3), 2.0), SPEC)
+
+
+def lumcol_block(feats: np.ndarray) -> np.ndarray:
+    """(n, 3 channels, 2 polarities, 8, 8) view of the luminance/colour block."""
+    return feats.reshape(-1, 3, 2, SPEC.lumcol_grid, SPEC.lumcol_grid)
+
+
+def test_lumcol_features_hand_worked():
+    # an image whose left half is pure red (1, 0, 0) and right half mid grey (0.5, 0.5, 0.5),
+    # and whose top-left 8x8 pixels (one cell) are pure blue (0, 0, 1)
+    img = np.full((N, N, 3), 0.5, np.float32)
+    img[:, : N // 2] = (1.0, 0.0, 0.0)
+    img[:8, :8] = (0.0, 0.0, 1.0)
+    f = lumcol_block(lumcol_features(img, SPEC))[0]
+    assert np.all(f >= 0)
+    red_lum, blue_lum = 0.299 - 0.5, 0.114 - 0.5  # both darker than mid grey
+    # luminance: OFF only on the left, nothing on the grey right half
+    np.testing.assert_allclose(f[0, 1, 1:, :4], -red_lum, rtol=1e-5)
+    np.testing.assert_allclose(f[0, 1, 0, 0], -blue_lum, rtol=1e-5)
+    assert np.all(f[0, 0] == 0) and np.all(f[:, :, :, 4:] == 0)
+    # red-green: R - G = 1 on red cells (ON), 0 on the blue cell
+    np.testing.assert_allclose(f[1, 0, 1:, :4], 1.0, rtol=1e-6)
+    assert f[1, 0, 0, 0] == 0 and np.all(f[1, 1] == 0)
+    # blue-yellow: B - (R + G) / 2 = -0.5 on red (OFF), +1 on blue (ON)
+    np.testing.assert_allclose(f[2, 1, 1:, :4], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(f[2, 0, 0, 0], 1.0, rtol=1e-6)
+    # uint8, larger images (box-averaged) and a different size (resized) give the same block
+    big = np.repeat(np.repeat(np.round(img * 255).astype(np.uint8), 2, axis=0), 2, axis=1)
+    np.testing.assert_allclose(lumcol_features(big, SPEC), lumcol_features(np.round(img * 255) / 255, SPEC), atol=1e-6)
+    assert lumcol_features(big[:100, :100], SPEC).shape == (1, SPEC.n_lumcol)
+    # the energy block ignores the mean luminance: a uniform image has zero energy, but
+    # luminance features
+    flat = lowlevel_features(np.full((1, N, N, 3), 0.9, np.float32), SPEC)[0]
+    np.testing.assert_allclose(flat[SPEC.energy_slice], 0.0, atol=1e-5)
+    np.testing.assert_allclose(lumcol_block(flat[SPEC.lumcol_slice])[0, 0, 0], 0.4, rtol=1e-5)
 
 
 def test_prf_cell_weights_against_numerical_integration():
@@ -143,6 +192,33 @@ def test_responses_are_retinotopic_and_compressive(model_and_stimuli):
     assert np.all(model.gain > 0)
     r1, r2 = model.predict_from_features(f1)[:, early], model.predict_from_features(f2)[:, early]
     assert np.all(r2 > r1)
+
+
+def test_early_voxels_carry_signed_local_luminance(model_and_stimuli):
+    model, stim, feats, vox = model_and_stimuli
+    area = vox.area()
+    early = np.isin(area, ["V1", "V2", "V3", "hV4"])
+    w = model.weights
+    assert np.all(w >= 0)
+    # only early visual voxels weight the luminance/colour block
+    assert np.all(w[~early][:, SPEC.lumcol_slice] == 0)
+    assert np.all(w[early][:, SPEC.lumcol_slice].sum(axis=1) > 0)
+    # per voxel the block holds LUMCOL_SHARE of the low-level drive variance (independent recomputation)
+    f = feats.astype(np.float64)
+    d_e = f[:, SPEC.energy_slice] @ w[early][:, SPEC.energy_slice].T.astype(np.float64)
+    d_l = f[:, SPEC.lumcol_slice] @ w[early][:, SPEC.lumcol_slice].T.astype(np.float64)
+    np.testing.assert_allclose(d_l.var(0) / (d_l.var(0) + d_e.var(0)), 0.4, rtol=1e-3)
+    # a uniform grey field above or below mid grey: no energy, so only luminance drives the
+    # voxels; ON- and OFF-dominant voxels respond with opposite signs (a signed code)
+    lum = w[:, SPEC.lumcol_slice].reshape(-1, 3, 2, 64)[:, 0].sum(axis=2)  # (n, on/off)
+    on_dom = early & (lum[:, 0] > 1.5 * lum[:, 1]) & (vox.prf_ecc < 3)
+    off_dom = early & (lum[:, 1] > 1.5 * lum[:, 0]) & (vox.prf_ecc < 3)
+    assert on_dom.sum() > 5 and off_dom.sum() > 5
+    zeros = np.zeros((2, len(CATEGORIES)), np.float32)
+    bright, dark = np.full((N, N, 3), 0.8, np.float32), np.full((N, N, 3), 0.2, np.float32)
+    pred = model.predict(np.stack([bright, dark]), semantics=zeros)
+    assert np.all(pred[0, on_dom] > pred[1, on_dom])
+    assert np.all(pred[0, off_dom] < pred[1, off_dom])
 
 
 def test_category_rois_prefer_their_category(model_and_stimuli):

@@ -18,7 +18,7 @@ VDVAESpace
 from brainrecon.latents.vdvae.checkpoint import load_vdvae, read_state_dict, save_vdvae
 from brainrecon.latents.vdvae.config import IMAGENET64_FILE, IMAGENET64_URL, VDVAEConfig
 from brainrecon.latents.vdvae.model import VDVAE
-from brainrecon.latents.vdvae.space import VDVAESpace, default_imagenet64_path
+from brainrecon.latents.vdvae.space import VDVAESpace, build_vdvae_space, default_imagenet64_path
 
 __all__ = [
     "IMAGENET64_FILE",
@@ -26,6 +26,7 @@ __all__ = [
     "VDVAE",
     "VDVAEConfig",
     "VDVAESpace",
+    "build_vdvae_space",
     "default_imagenet64_path",
     "load_vdvae",
     "read_state_dict",

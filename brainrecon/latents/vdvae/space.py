@@ -174,7 +174,15 @@ class VDVAESpace:
         if unknown:
             raise ConfigError(f"unknown vdvae config keys {unknown}; known: {sorted(known | {'weights', 'model'})}")
         model = load_vdvae(weights, as_config(model_cfg), device=device)
-        return cls(model, **cfg)
+        space = cls(model, **cfg)
+        from brainrecon.fingerprint import file_fingerprint
+
+        space.weights_digest = file_fingerprint(weights)
+        return space
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the loaded weights (content digest, not path) for stage cache keys."""
+        return {"weights": getattr(self, "weights_digest", None)}
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -282,3 +290,20 @@ def default_imagenet64_path() -> Path:
     from brainrecon.paths import weights_root
 
     return weights_root() / "vdvae" / IMAGENET64_FILE
+
+
+def build_vdvae_space(weights_path: str | os.PathLike, model: Any = None, **kwargs: Any) -> VDVAESpace:
+    """Keyword form of :meth:`VDVAESpace.from_config`, for configuration files.
+
+    ``weights_path`` may be ``"bundled:<file>"`` for a model shipped in
+    ``brainrecon/weights/`` (trained by the project, see ``scripts/``).
+    """
+    from brainrecon.paths import bundled_weights_dir
+
+    w = os.fspath(weights_path)
+    if w.startswith("bundled:"):
+        w = str(bundled_weights_dir() / w.removeprefix("bundled:"))
+    cfg: dict[str, Any] = {"weights": w, **kwargs}
+    if model is not None:
+        cfg["model"] = model
+    return VDVAESpace.from_config(cfg)
