@@ -55,11 +55,18 @@ class PredictStage(Stage):
             dec = RidgeDecoder.load(fit.path / t)
             Y_train = flat(extract.array(f"train/{t}"))
             Z_hat = dec.predict(X_test)
+            pred_mean = pred_std = None
+            if method == "train_stats":  # statistics of the training predictions (LOO or in-sample)
+                if dec.train_pred_mean_ is None:
+                    dec.compute_train_prediction_stats()
+                pred_mean, pred_std = dec.train_pred_mean_, dec.train_pred_std_
             Z_hat = rescale(
                 Z_hat,
                 method,
                 train_mean=np.asarray(Y_train.mean(0, dtype=np.float64), dtype=np.float32),
                 train_std=np.asarray(Y_train.std(0, dtype=np.float64), dtype=np.float32),
+                pred_mean=pred_mean,
+                pred_std=pred_std,
             )
             true = extract.array(f"test/{t}")
             ctx.save_array(f"test/{t}", Z_hat.reshape(true.shape).astype(np.float32))

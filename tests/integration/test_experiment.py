@@ -99,3 +99,13 @@ def test_changing_one_parameter_reruns_only_descendants(tmp_path):
     assert run(**{"predict.rescale": "paper", "decoder.cv": 5, "metrics.n_boot": 300}) == ["evaluate"]
     # back to the first configuration: everything is still cached
     assert run() == []
+
+
+@pytest.mark.parametrize("rescale", ["paper", "train_stats"])
+def test_rescaling_options_run(tmp_path, rescale):
+    cfg = _compose("toy", tmp_path / "data", tmp_path / "artifacts")
+    cfg.predict.rescale = rescale
+    res = run_experiment(to_plain(cfg), build_spaces(cfg), artifacts_root=tmp_path / "artifacts", progress=False, until="predict")
+    summary = res.artifacts["predict/pixels"].summary
+    assert summary["rescale"] == rescale
+    assert summary["z"]["two_way_identification"] > 0.8
