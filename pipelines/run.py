@@ -37,7 +37,7 @@ def execute(cfg: DictConfig) -> Path | None:
         until=plain.get("until", "evaluate"),
         progress=bool(plain.get("progress", True)),
     )
-    ran = ", ".join(f"{e.stage}({e.seconds:.1f}s)" for e in result.executions) or "nothing (all stages complete)"
+    ran = ", ".join(f"{e.label or e.stage}({e.seconds:.1f}s)" for e in result.executions) or "nothing (all stages complete)"
     print(f"[brainrecon] experiment {plain.get('name')}, subject {plain.get('subject')}: ran {ran}")
     if result.report is not None:
         print(f"[brainrecon] report: {result.report.resolve()}")

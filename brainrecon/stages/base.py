@@ -293,6 +293,8 @@ class Stage(ABC):
         ``"shared"`` for stimulus features that subjects share).
     resources : Mapping
         Unhashed run-time objects (e.g. a data root, a device).
+    label : str, optional
+        Display name (default: the stage name).
     """
 
     name: ClassVar[str]
@@ -307,11 +309,14 @@ class Stage(ABC):
         *,
         scope: str = "default",
         resources: Mapping[str, Any] | None = None,
+        label: str | None = None,
     ) -> None:
         self.params = dict(params or {})
         self.upstream = dict(upstream or {})
         self.scope = scope
         self.resources = dict(resources or {})
+        #: Display name in logs and run summaries (e.g. ``extract/vdvae``); never hashed.
+        self.label = label or self.name
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of code or files the stage depends on beyond ``params`` (hashed into the key).
@@ -391,6 +396,7 @@ class Execution:
     scope: str
     key: str
     seconds: float
+    label: str = ""
 
 
 class Runner:
@@ -449,7 +455,7 @@ class Runner:
             log.info("removing incomplete output %s left by an interrupted run", tmp)
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
-        log.info("run  %s/%s/%s", stage.scope, stage.name, key)
+        log.info("run  %s/%s/%s (%s)", stage.scope, stage.name, key, stage.label)
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         ctx = RunContext(out=tmp, resources=stage.resources, progress=self.progress)
@@ -481,5 +487,5 @@ class Runner:
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        self.executions.append(Execution(stage.name, stage.scope, key, seconds))
+        self.executions.append(Execution(stage.name, stage.scope, key, seconds, stage.label))
         return self.store.open(stage.scope, stage.name, key)

@@ -97,19 +97,30 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
         res = {**base_res, "space": space}
         space_cfg = dict(latents_cfg[name])
         ex = ExtractStage(
-            {"space": space_cfg, **_section(cfg, "extract")}, {"data": data}, scope=scope, resources=res
+            {"space": space_cfg, **_section(cfg, "extract")},
+            {"data": data},
+            scope=scope,
+            resources=res,
+            label=f"extract/{name}",
         )
         fit = FitStage(
             {"decoder": decoder, "targets": dict(per_target.get(name) or {})},
             {"data": data, "extract": ex},
             scope=scope,
             resources=res,
+            label=f"fit/{name}",
         )
-        pred = PredictStage(_section(cfg, "predict"), {"data": data, "extract": ex, "fit": fit}, scope=scope, resources=res)
+        pred = PredictStage(
+            _section(cfg, "predict"),
+            {"data": data, "extract": ex, "fit": fit},
+            scope=scope,
+            resources=res,
+            label=f"predict/{name}",
+        )
         up: dict[str, Stage] = {"extract": ex, "predict": pred}
         if name in init_from:
             up["init"] = stages[f"generate/{init_from[name]}"]
-        gen = GenerateStage({"seed": seed, **gen_cfg}, up, scope=scope, resources=res)
+        gen = GenerateStage({"seed": seed, **gen_cfg}, up, scope=scope, resources=res, label=f"generate/{name}")
         stages.update({f"extract/{name}": ex, f"fit/{name}": fit, f"predict/{name}": pred, f"generate/{name}": gen})
     ev_up: dict[str, Stage] = {"data": data}
     for name in spaces:

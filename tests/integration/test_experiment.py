@@ -35,7 +35,7 @@ def test_toy_experiment_cli_runs_then_skips(tmp_path):
     assert "report:" in first.stdout
     report = Path(first.stdout.split("report:")[1].split()[0])
     assert report.is_file() and report.stat().st_size > 1000
-    for stage in ("data", "extract", "fit", "predict", "generate", "evaluate"):
+    for stage in ("data", "extract/pixels", "fit/pixels", "predict/pixels", "generate/pixels", "evaluate"):
         assert f"{stage}(" in first.stdout
     second = _run_cli(tmp_path, "experiment=toy")
     assert second.returncode == 0, second.stderr[-3000:]
