@@ -1,43 +1,24 @@
-"""Paths of the real NSD on-disk layout written by the simulator (``root`` = dataset root)."""
+"""Where the simulator keeps its ground truth beside the NSD files it writes.
+
+The NSD files themselves follow the real layout, defined once in
+:class:`brainrecon.data.nsd.NSDLayout`; the simulator writes through it so that the
+writer and the loader can never disagree on a path.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-BETAS_SPACE = "func1pt8mm"
-BETAS_VERSION = "betas_fithrf_GLMdenoise_RR"
-BETA_SCALE = 300.0  # NSD stores percent signal change x 300 as int16
+from brainrecon.data.nsd import NSDLayout
+from brainrecon.preprocessing import NSD_BETA_SCALE as BETA_SCALE  # noqa: F401  (int16 = percent x 300)
+
 TRUTH_DIR = "brainrecon_sim"
 
 
-def expdesign_path(root: Path) -> Path:
-    return Path(root) / "nsddata" / "experiments" / "nsd" / "nsd_expdesign.mat"
+def nsd(root: str | Path) -> NSDLayout:
+    """The NSD layout under ``root``."""
+    return NSDLayout(Path(root))
 
 
-def betas_dir(root: Path, subject: int) -> Path:
-    return Path(root) / "nsddata_betas" / "ppdata" / f"subj{subject:02d}" / BETAS_SPACE / BETAS_VERSION
-
-
-def betas_path(root: Path, subject: int, session: int, ext: str) -> Path:
-    """``ext`` is ``"nii.gz"`` or ``"hdf5"``; sessions are 1-based."""
-    return betas_dir(root, subject) / f"betas_session{session:02d}.{ext}"
-
-
-def ncsnr_path(root: Path, subject: int) -> Path:
-    return betas_dir(root, subject) / "ncsnr.nii.gz"
-
-
-def roi_path(root: Path, subject: int, name: str) -> Path:
-    return Path(root) / "nsddata" / "ppdata" / f"subj{subject:02d}" / BETAS_SPACE / "roi" / f"{name}.nii.gz"
-
-
-def stimuli_path(root: Path) -> Path:
-    return Path(root) / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
-
-
-def captions_path(root: Path) -> Path:
-    return Path(root) / "nsddata_stimuli" / "stimuli" / "nsd" / "annotations" / "COCO_73k_annots_curated.npy"
-
-
-def truth_dir(root: Path) -> Path:
+def truth_dir(root: str | Path) -> Path:
     return Path(root) / TRUTH_DIR

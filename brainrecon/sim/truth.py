@@ -182,7 +182,7 @@ class SimTruth:
         """Images (n, H, W, 3) uint8 read lazily from ``nsd_stimuli.hdf5`` by 0-based 73k id."""
         import h5py
 
-        path = L.stimuli_path(self.root)
+        path = L.nsd(self.root).stimuli
         with h5py.File(path, "r") as f:
             brick = f["imgBrick"]
             if ids is None:

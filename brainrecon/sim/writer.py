@@ -173,7 +173,7 @@ def _generate(root: Path, config: SimConfig, progress: bool) -> SimTruth:
     # 5. NSD files
     sub = config.subject
     _write_mat(
-        L.expdesign_path(root),
+        L.nsd(root).expdesign,
         {
             "masterordering": (trial_index + 1).astype(np.float64)[None, :],
             "subjectim": subjectim,
@@ -186,17 +186,17 @@ def _generate(root: Path, config: SimConfig, progress: bool) -> SimTruth:
         v4 = vol[..., : b - a] if b - a < vol.shape[3] else vol
         v4[...] = 0
         v4[i, j, k, :] = betas_i16[a:b].T
-        _write_nifti(L.betas_path(root, sub, s + 1, "nii.gz"), v4, vox.affine)
+        _write_nifti(L.nsd(root).beta_file(sub, s + 1, "nifti"), v4, vox.affine)
         h5 = np.ascontiguousarray(v4.transpose(3, 2, 1, 0))
-        _write_h5(L.betas_path(root, sub, s + 1, "hdf5"), "betas", h5, (1, *h5.shape[1:]), "gzip")
+        _write_h5(L.nsd(root).beta_file(sub, s + 1, "hdf5"), "betas", h5, (1, *h5.shape[1:]), "gzip")
     del vol
-    _write_nifti(L.ncsnr_path(root, sub), vox.volume(ncsnr, 0, np.float32), vox.affine)
+    _write_nifti(L.nsd(root).ncsnr(sub), vox.volume(ncsnr, 0, np.float32), vox.affine)
     for name, labels in vox.roi_labels.items():
-        _write_nifti(L.roi_path(root, sub, name), vox.volume(labels, -1, np.int16, fill_brain=0), vox.affine)
+        _write_nifti(L.nsd(root).roi_file(sub, name), vox.volume(labels, -1, np.int16, fill_brain=0), vox.affine)
     steps.update()
     S = config.image_size
-    _write_h5(L.stimuli_path(root), "imgBrick", stim.images, (1, S, S, 3), None)
-    cpath = L.captions_path(root)
+    _write_h5(L.nsd(root).stimuli, "imgBrick", stim.images, (1, S, S, 3), None)
+    cpath = L.nsd(root).captions
     cpath.parent.mkdir(parents=True, exist_ok=True)
     np.save(cpath, np.asarray(stim.captions, dtype=str), allow_pickle=False)
     steps.update()

@@ -268,15 +268,12 @@ class DataStage(Stage):
 
 def nsd_fingerprint(root: Path, subject: int) -> str:
     """Fingerprint of an NSD subject's design, betas and ROI files (missing ones count as missing)."""
+    from brainrecon.data.nsd import NSDLayout
     from brainrecon.fingerprint import files_fingerprint
 
     root = root.expanduser()
-    subj = f"subj{subject:02d}"
-    folders = [
-        root / "nsddata" / "experiments" / "nsd",
-        root / "nsddata_betas" / "ppdata" / subj / "func1pt8mm" / "betas_fithrf_GLMdenoise_RR",
-        root / "nsddata" / "ppdata" / subj / "func1pt8mm" / "roi",
-    ]
+    lay = NSDLayout(root)
+    folders = [lay.expdesign.parent, lay.betas_dir(subject), lay.roi_dir(subject)]
     files = [p for d in folders if d.is_dir() for p in d.iterdir() if p.is_file()]
     return files_fingerprint(files, base=root) if files else "missing"
 
