@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from brainrecon.metrics.brain import rowwise_pearson
 from brainrecon.sim.truth import SimTruth
 
 
@@ -26,14 +27,6 @@ def averaged_betas(truth: SimTruth, image_ids: np.ndarray) -> np.ndarray:
     for r, (a, b) in enumerate(zip(starts, stops)):
         out[r] = truth.betas[order[a:b]].mean(axis=0)
     return out.astype(np.float32)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    den = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(axis=0) / den, np.nan)
 
 
 def oracle_decoding(truth: SimTruth) -> dict[str, np.ndarray]:
@@ -67,4 +60,4 @@ def oracle_decoding(truth: SimTruth) -> dict[str, np.ndarray]:
     k = n * np.eye(n) + (rc / noise) @ rc.T
     inv_x = xn - (np.linalg.solve(k, rc @ xn.T).T @ rc) / noise
     pred = mu_y + (inv_x @ rc.T) @ yc / n
-    return {"r": _pearson(pred, truth.features[te].astype(np.float64)), "prediction": pred.astype(np.float32), "test_image_ids": te}
+    return {"r": rowwise_pearson(pred.T, truth.features[te].astype(np.float64).T), "prediction": pred.astype(np.float32), "test_image_ids": te}

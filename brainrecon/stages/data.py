@@ -69,19 +69,13 @@ class SplitData:
                 raise ShapeMismatchError(f"ROI {name!r} labels (one per voxel)", self.X_train.shape[1], len(labels))
 
 
-def _zscore_train(X_train: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = X_train.mean(0, dtype=np.float64)
-    sd = X_train.std(0, ddof=1, dtype=np.float64)
-    sd[sd == 0] = 1.0
-    return ((X_train - mu) / sd).astype(np.float32), ((X_test - mu) / sd).astype(np.float32)
-
-
 def _load_toy(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    from brainrecon.preprocessing import zscore_train_test
     from brainrecon.testing import make_toy_experiment
 
     kwargs = {k: v for k, v in params.items() if k != "source"}
     exp = make_toy_experiment(**kwargs)
-    X_tr, X_te = _zscore_train(exp.X_train, exp.X_test)
+    X_tr, X_te, _ = zscore_train_test(exp.X_train, exp.X_test)
     return SplitData(
         X_train=X_tr,
         X_test=X_te,

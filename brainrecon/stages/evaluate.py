@@ -2,8 +2,9 @@
 
 Methods are named ``<space>`` for reconstructions and ``<space> (ceiling)`` /
 ``<space> (chance)`` for the references decoded in the same run (see
-:mod:`brainrecon.stages.generate`). Writes ``metrics.json``, ``per_image.csv``
-and ``report/index.html``.
+:mod:`brainrecon.stages.generate`). Writes ``report/index.html`` with
+``report/metrics.json``, ``report/per_image.csv`` and ``report/figures/`` beside it
+(``brain_correlation.json`` at the top when the data are simulated).
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class EvaluateStage(Stage):
     """
 
     name = "evaluate"
-    version = 2  # 2: brain correlation on simulated data
+    version = 3  # 2: brain correlation on simulated data; 3: metrics files only in report/
 
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         from brainrecon.metrics.suite import evaluate_methods
-        from brainrecon.report import write_metrics, write_report
+        from brainrecon.report import write_report
 
         data = inputs["data"]
         stimuli = to_float_chw(np.asarray(data.array("stimuli_test")))
@@ -79,7 +80,6 @@ class EvaluateStage(Stage):
             image_ids=[str(i) for i in np.asarray(data.array("test_ids"))],
             progress=ctx.progress,
         )
-        write_metrics(ctx.out, results)
         summary: dict[str, Any] = {
             m: {k: v.mean for k, v in r.metrics.items() if v.available} for m, r in results.items()
         }

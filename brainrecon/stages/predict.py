@@ -11,15 +11,6 @@ from brainrecon.stages.base import Artifact, RunContext, Stage
 from brainrecon.stages.fit import flat, target_names
 
 
-def _pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (a * b).sum(0) / den
-    return r
-
-
 def _r2_per_column(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
     ss_res = ((y - yhat) ** 2).sum(0)
     ss_tot = ((y - y.mean(0)) ** 2).sum(0)
@@ -44,6 +35,7 @@ class PredictStage(Stage):
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         from brainrecon.decoding.ridge import RidgeDecoder
         from brainrecon.decoding.rescale import rescale
+        from brainrecon.metrics.brain import rowwise_pearson
         from brainrecon.metrics.identification import latent_identification
 
         data, extract, fit = inputs["data"], inputs["extract"], inputs["fit"]
@@ -73,7 +65,7 @@ class PredictStage(Stage):
             Y_true = flat(np.asarray(true, dtype=np.float32))
             summary[t] = {
                 "r2_mean": float(np.nanmean(_r2_per_column(Y_true, Z_hat))),
-                "pearson_mean": float(np.nanmean(_pearson_per_column(Y_true, Z_hat))),
+                "pearson_mean": float(np.nanmean(rowwise_pearson(Y_true.T, Z_hat.T))),
                 "two_way_identification": float(np.mean(latent_identification(Z_hat, Y_true))),
             }
         return summary
