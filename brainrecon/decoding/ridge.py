@@ -440,12 +440,21 @@ class RidgeDecoder:
             self._factor_eigen(xc_np)
             self._set_selection(scores, grid)
         self._fitted = True
-        if self.fit_intercept:
-            # b = mean(Y) - mean(X) W, evaluated through the dual form like any query.
-            self.intercept_ = (self.y_mean_ - self._apply(self.x_mean_[None, :], centred=False)[0]).astype(np_dtype)
-        else:
-            self.intercept_ = np.zeros(t, dtype=np_dtype)
+        # The intercept costs a full pass over Y and predict() does not need it (it centres the query
+        # instead), so it is computed on first access.
+        self._intercept = None
         return self
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        """Intercept (t,): ``mean(Y) - mean(X) W``, evaluated through the dual form on first access."""
+        self._check_fitted()
+        if self._intercept is None:
+            if self.fit_intercept:
+                self._intercept = (self.y_mean_ - self._apply(self.x_mean_[None, :], centred=False)[0]).astype(self.dtype)
+            else:
+                self._intercept = np.zeros(self.n_targets_, dtype=self.dtype)
+        return self._intercept
 
     # ------------------------------------------------------------------ factorisations
     def _factor_cholesky(self, xc_np: np.ndarray, alpha: float) -> None:
@@ -647,15 +656,22 @@ class RidgeDecoder:
             ids = self._alpha_idx[cols]
             contiguous = bool(np.all(np.diff(cols) == 1))  # always true with a single alpha
             dest = slice(int(cols[0]), int(cols[-1]) + 1) if contiguous else cols
-            yc = self._y_chunk(dest)
+            # B Yc = B Y - (B 1) mean(Y): the GEMM reads Y in place (a strided view BLAS accepts), so
+            # no centred copy of the chunk is made. B 1 vanishes in exact arithmetic (the centred
+            # training betas are orthogonal to 1), so the correction only removes round-off.
+            y = self._y[:, dest]
+            yb = y if ops.name == "numpy" else ops.asarray(np.ascontiguousarray(y))
             starts = np.concatenate(([0], np.flatnonzero(np.diff(ids)) + 1, [ids.size]))
-            if starts.size == 2:
-                out[:, dest] = ops.to_numpy(maps[int(ids[0])] @ yc)
-                continue
-            block = np.empty((Q.shape[0], ids.size), dtype=out.dtype)
+            block = out[:, dest] if contiguous else np.empty((Q.shape[0], ids.size), dtype=out.dtype)
             for a, b in zip(starts[:-1], starts[1:]):
-                block[:, a:b] = ops.to_numpy(maps[int(ids[a])] @ yc[:, int(a) : int(b)])
-            out[:, dest] = block
+                bmap = maps[int(ids[a])]
+                part = bmap @ yb[:, int(a) : int(b)]
+                if self.fit_intercept:
+                    ym = self._ym_b[dest][int(a) : int(b)] if contiguous else self._ym_b[ops.index(cols[int(a) : int(b)])]
+                    part -= bmap.sum(axis=1)[:, None] * ym[None, :]
+                block[:, int(a) : int(b)] = ops.to_numpy(part)
+            if not contiguous:
+                out[:, dest] = block
         return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -730,7 +746,7 @@ class RidgeDecoder:
         folder.mkdir(parents=True, exist_ok=True)
         ops = self._ops
         arrays: dict[str, np.ndarray] = {
-            "x_mean": self.x_mean_, "y_mean": self.y_mean_, "intercept": self.intercept_,
+            "x_mean": self.x_mean_, "y_mean": self.y_mean_,
             "alphas": self.alphas_, "alpha_idx": self._alpha_idx, "y_train": np.asarray(self._y),
         }
         for name in ("_xc", "_u", "_s", "_vs", "_chol"):
@@ -796,7 +812,7 @@ class RidgeDecoder:
         if model._y.shape != (n, t):
             raise DataFormatError(f"{npath}: y_train expected shape {(n, t)}, got {model._y.shape}")
         model.x_mean_, model.y_mean_ = arrays["x_mean"], arrays["y_mean"]
-        model.intercept_, model.alphas_ = arrays["intercept"], arrays["alphas"]
+        model._intercept, model.alphas_ = arrays.get("intercept"), arrays["alphas"]
         model._alpha_idx = arrays["alpha_idx"]
         model._ym_b = ops.asarray(model.y_mean_)
         for name in ("xc", "u", "s", "vs", "chol"):
