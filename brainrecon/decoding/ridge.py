@@ -99,9 +99,12 @@ class _NumpyOps:
         return scipy.linalg.eigh(a, driver="evd", overwrite_a=True, check_finite=False)
 
     def cholesky(self, a: np.ndarray) -> np.ndarray:
-        import scipy.linalg
+        import torch
 
-        return scipy.linalg.cholesky(a, lower=True, overwrite_a=True, check_finite=False)
+        # torch's LAPACK (zero-copy on the numpy buffer) factors ~2x faster than scipy's bundled
+        # OpenBLAS on one thread, and does not collapse when other processes share the cores
+        # (scipy's spotrf took 15x longer than torch's with a second job running).
+        return torch.linalg.cholesky(torch.from_numpy(np.ascontiguousarray(a))).numpy()
 
     def cho_solve(self, low: np.ndarray, b: np.ndarray) -> np.ndarray:
         import scipy.linalg
