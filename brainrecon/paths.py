@@ -55,6 +55,14 @@ def bundled_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """``"bundled:<name>"`` -> ``bundled_weights_dir() / <name>``; any other path is expanded as given."""
+    p = os.fspath(path)
+    if p.startswith("bundled:"):
+        return bundled_weights_dir() / p.removeprefix("bundled:")
+    return Path(p).expanduser()
+
+
 def repo_root() -> Path | None:
     """The source checkout's root when running from one (has ``pyproject.toml``), else None."""
     here = Path(__file__).resolve().parent.parent

@@ -285,6 +285,7 @@ def write_report(
     n_grid: int = 12,
     n_best: int = 4,
     rank_metric: str | None = None,
+    chains: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Write a self-contained HTML report (plus ``metrics.json``, ``per_image.csv``, ``figures/``).
 
@@ -305,6 +306,9 @@ def write_report(
         Number of best and of worst reconstructions shown per method.
     rank_metric : str, optional
         Metric that ranks best/worst (default: first available of :data:`RANK_PREFERENCE`).
+    chains : mapping of title to method names, optional
+        Multi-stage reconstructions shown stage by stage (e.g. ``{"Brain-Diffuser":
+        ["vdvae", "versatile"]}``): one grid each, stimulus first, then every stage.
 
     Returns
     -------
@@ -342,6 +346,17 @@ def write_report(
         '<a href="figures/">figures/</a></p>',
         "<h2>Stimuli and reconstructions</h2>",
         save("grid.png", _grid_figure(stimuli, reconstructions, idx, "first images: stimulus (top) and each method")),
+    ]
+    for k, (name, stages) in enumerate((chains or {}).items()):
+        unknown = [m for m in stages if m not in reconstructions]
+        if unknown:
+            raise ShapeMismatchError(f"chains[{name!r}] methods", sorted(reconstructions), stages, f"unknown {unknown}")
+        parts += [
+            f"<h3>{html.escape(name)}, stage by stage</h3>",
+            save(f"chain_{k}.png", _grid_figure(stimuli, {m: reconstructions[m] for m in stages}, idx,
+                                                f"{name}: stimulus, then {' -> '.join(stages)}")),
+        ]
+    parts += [
         "<h2>Metrics</h2>",
         _metric_table(metrics),
     ]

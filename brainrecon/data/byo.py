@@ -62,7 +62,8 @@ FOLDER_FILES = {
     "rois": "rois",
     "table": "stimuli_{split}.csv",
 }
-_FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
+_FILE_SUFFIXES = (".npz", ".h5", ".hdf5", ".mat")
+_ORDERS = ("C", "F")
 _IMAGE_KEYS = ("stimuli_{split}", "stimulus_paths_{split}")
 _OPTIONAL = ("captions_{split}", "{split}_ids")
 _ZSCORE = ("train", "none")
@@ -174,6 +175,51 @@ def _read_h5(path: Path) -> dict[str, np.ndarray]:
             "be truncated or corrupt"
         ) from exc
     return out
+
+
+def _read_mat(path: Path) -> dict[str, np.ndarray]:
+    """MATLAB v4-v7.2 ``.mat`` (scipy.io.loadmat); v7.3 files are HDF5 and are refused with a hint."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+    except NotImplementedError as exc:  # scipy's answer to v7.3 (HDF5) files
+        raise DataFormatError(
+            f"{path}: MATLAB v7.3 file (HDF5); save it with -v7, or read it as .h5 (MATLAB then "
+            "stores every array transposed)"
+        ) from exc
+    except Exception as exc:
+        raise DataFormatError(
+            f"{path}: cannot read as MATLAB .mat ({type(exc).__name__}: {exc}); the file may be "
+            "truncated or corrupt"
+        ) from exc
+    # loadmat adds __header__, __version__ and __globals__: metadata, not variables
+    return {k: np.asarray(v) for k, v in mat.items() if not k.startswith("__")}
+
+
+def _rename_keys(arrays: dict[str, np.ndarray], keys: Mapping[str, str], source: str) -> dict[str, np.ndarray]:
+    """Keep only the variables named in ``keys`` (format key -> file key), under the format's names."""
+    missing = sorted(v for v in keys.values() if v not in arrays)
+    if missing:
+        raise DataFormatError(f"{source}: keys {missing} named in keys= are absent; the file holds "
+                              f"{sorted(arrays)}")
+    return {str(k): arrays[str(v)] for k, v in keys.items()}
+
+
+def _unflatten_stimuli(arrays: dict[str, np.ndarray], shape: Sequence[int], order: str,
+                       source: str) -> None:
+    """Reshape 2-D ``stimuli_*`` ``(n, H*W[*3])`` to ``(n, *shape)`` in place (``order`` "C" or "F")."""
+    shape = tuple(int(v) for v in shape)
+    for split in SPLITS:
+        key = f"stimuli_{split}"
+        if key not in arrays:
+            continue
+        arr = np.asarray(arrays[key])
+        if arr.ndim != 2 or arr.shape[1] != int(np.prod(shape)):
+            raise ShapeMismatchError(f"{source}: {key} to unflatten into {shape}",
+                                     f"(n, {int(np.prod(shape))})", arr.shape)
+        # order="F" is MATLAB's column-major layout (row-major would transpose every image)
+        arrays[key] = np.stack([row.reshape(shape, order=order) for row in arr]) if len(arr) else arr
 
 
 def _nifti_data(path: Path, what: str):
@@ -462,6 +508,9 @@ def load_byo(
     image_size: int | None = None,
     nan_voxels: str = "error",
     ddof: int = 1,
+    keys: Mapping[str, str] | None = None,
+    stimulus_shape: Sequence[int] | None = None,
+    stimulus_order: str = "C",
 ) -> PreparedBYO:
     """Load a bring-your-own experiment (file or folder form, see ``docs/byo_format.md``).
 
@@ -482,6 +531,13 @@ def load_byo(
         Voxels holding NaN/inf raise with their count; "drop" removes them with a warning.
     ddof : int, default 1
         Degrees of freedom of the z-scoring standard deviation (1 as Brain-Diffuser).
+    keys : mapping of str to str, optional
+        File form only: the file's variable for each format key (``{"betas_train": "fmriTrn",
+        ...}``); only the named variables are read. Default: the file uses the format's names.
+    stimulus_shape : sequence of int, optional
+        File form only: stimuli stored flattened ``(n, H*W)`` are reshaped to ``(n, *shape)``.
+    stimulus_order : {"C", "F"}, default "C"
+        Memory order of flattened stimuli: "F" for MATLAB's column-major images.
 
     Returns
     -------
@@ -502,8 +558,12 @@ def load_byo(
         raise ConfigError(f"zscore must be one of {_ZSCORE}, got {zscore!r}")
     if nan_voxels not in _NAN_POLICY:
         raise ConfigError(f"nan_voxels must be one of {_NAN_POLICY}, got {nan_voxels!r}")
+    if stimulus_order not in _ORDERS:
+        raise ConfigError(f"stimulus_order must be one of {_ORDERS}, got {stimulus_order!r}")
     path = Path(path)
     extra_info: dict = {}
+    if path.is_dir() and (keys or stimulus_shape):
+        raise ConfigError(f"{path}: keys= and stimulus_shape= apply to the file form, not to a folder")
     if path.is_dir():
         arrays, extra_info = _read_folder(path)
         form, root = "nifti-folder", path
@@ -514,12 +574,20 @@ def load_byo(
         arrays, form, root = _read_npz(path), "npz", path.parent
     elif path.suffix.lower() in (".h5", ".hdf5"):
         arrays, form, root = _read_h5(path), "hdf5", path.parent
+    elif path.suffix.lower() == ".mat":
+        arrays, form, root = _read_mat(path), "mat", path.parent
     else:
         raise DataFormatError(
             f"{path}: unknown bring-your-own container {path.suffix!r}; expected one of "
             f"{list(_FILE_SUFFIXES)} or a folder"
         )
     source = str(path)
+    if keys:
+        arrays = _rename_keys(arrays, keys, source)
+        extra_info["keys"] = dict(keys)
+    if stimulus_shape:
+        _unflatten_stimuli(arrays, stimulus_shape, stimulus_order, source)
+        extra_info["stimulus_unflattened"] = f"{list(stimulus_shape)} order {stimulus_order}"
     _check_keys(arrays, source)
     unknown = sorted(k for k in arrays if not _known(k))
     if unknown:

@@ -86,7 +86,10 @@ BACKBONE_LAYERS: dict[str, dict[str, str]] = {
     "efficientnet_b1": {"avgpool": "global average pool (1280)"},
     "swav_resnet50": {"avgpool": "global average pool (2048)"},
     "effnet_lite0": {"avgpool": "global average pool (1280)"},
+    "clip_small": {"image_embeds": "projected image embedding of the project's small CLIP"},
 }
+#: Backbones trained by the project and shipped in ``brainrecon/weights/`` (folder names there).
+BUNDLED_BACKBONES: dict[str, str] = {"clip_small": "clip_small"}
 BACKBONES = tuple(BACKBONE_LAYERS)
 
 
@@ -269,8 +272,8 @@ def _load_into(module: "torch.nn.Module", sd: dict, path: Path, *, allowed_missi
 
 
 def checkpoint_for(name: str, effnet_b1_weights: str = "v1") -> str | None:
-    """Key of :data:`WEIGHT_FILES` used by backbone ``name`` (None for the packaged Lite0)."""
-    if name == "effnet_lite0":
+    """Key of :data:`WEIGHT_FILES` used by backbone ``name`` (None for the packaged Lite0 and bundled ones)."""
+    if name == "effnet_lite0" or name in BUNDLED_BACKBONES:
         return None
     if name == "efficientnet_b1":
         if effnet_b1_weights not in ("v1", "v2"):
@@ -284,6 +287,13 @@ def checkpoint_for(name: str, effnet_b1_weights: str = "v1") -> str | None:
 def resolve_weights(name: str, *, root: str | os.PathLike | None = None, effnet_b1_weights: str = "v1") -> Path:
     """Path of the checkpoint of backbone ``name``; raises MissingWeightsError if absent."""
     key = checkpoint_for(name, effnet_b1_weights)
+    if name in BUNDLED_BACKBONES:
+        from brainrecon.paths import bundled_weights_dir
+
+        folder = bundled_weights_dir() / BUNDLED_BACKBONES[name]
+        if not (folder / "image_encoder").is_dir():
+            raise MissingWeightsError(folder / "image_encoder", name, "train it with scripts/train_clip_small.py")
+        return folder
     if key is None:
         return lite0_weights_path()
     path = weights_path(key, root)
@@ -305,6 +315,11 @@ def load_backbone(
         If the file does not match the architecture.
     """
     path = resolve_weights(name, root=root, effnet_b1_weights=effnet_b1_weights)
+    if name == "clip_small":
+        # the project's own CLIP: its loader checks every key and the stored reference features
+        from brainrecon.latents.versatile.clip import load_clip
+
+        return load_clip(str(path)).vision_model.eval()
     module = build_architecture(name)
     sd = _read_state_dict(path)
     if name == "swav_resnet50":
@@ -435,7 +450,7 @@ def _layer_forward(name: str, module: "torch.nn.Module") -> Callable[["torch.Ten
             return out
 
         return run
-    if name == "clip_vit_l14":
+    if name in ("clip_vit_l14", "clip_small"):
         return lambda x: {"image_embeds": module(pixel_values=x).image_embeds}
     # avgpool of torchvision models and of our Lite0: capture it with a forward hook,
     # attached only for the duration of one call so cached modules never pile up hooks
@@ -453,7 +468,7 @@ def _layer_forward(name: str, module: "torch.nn.Module") -> Callable[["torch.Ten
 
 def normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Input mean and std of backbone ``name``."""
-    if name == "clip_vit_l14":
+    if name in ("clip_vit_l14", "clip_small"):
         return CLIP_MEAN, CLIP_STD
     if name == "effnet_lite0":
         return LITE_MEAN, LITE_STD

@@ -17,7 +17,9 @@ A *preset* fixes the preprocessing, because the published numbers depend on it
     have the same size, e.g. 28x28 digits); feature networks at 224.
 
 Every preset adds "EffNet-Lite0 2-way" and "EffNet-Lite0 distance" (224 px), which
-are not part of the published suite but run on every machine.
+are not part of the published suite but run on every machine, and "CLIP-small 2-way"
+(64 px), the image embedding of the small CLIP the project trained on its simulated
+scenes: a semantic metric for the simulated experiment when the published CLIP is absent.
 
 Statistics: every number comes with a percentile bootstrap CI over images and a
 one-sided permutation p-value against "reconstructions do not correspond to their
@@ -89,7 +91,7 @@ PRESETS: dict[str, Preset] = {
         lowlevel_size=425,
         lowlevel_mode="bicubic",
         feature_sizes={"alexnet": 224, "inception_v3": 224, "clip_vit_l14": 224, "efficientnet_b1": 224,
-                       "swav_resnet50": 224, "effnet_lite0": 224},
+                       "swav_resnet50": 224, "effnet_lite0": 224, "clip_small": 64},
         effnet_b1_weights="v1",
     ),
     "mindeye": Preset(
@@ -100,7 +102,7 @@ PRESETS: dict[str, Preset] = {
         lowlevel_size=425,
         lowlevel_mode="bilinear",
         feature_sizes={"alexnet": 256, "inception_v3": 342, "clip_vit_l14": 224, "efficientnet_b1": 255,
-                       "swav_resnet50": 224, "effnet_lite0": 224},
+                       "swav_resnet50": 224, "effnet_lite0": 224, "clip_small": 64},
         effnet_b1_weights="v2",
     ),
     "native": Preset(
@@ -110,7 +112,7 @@ PRESETS: dict[str, Preset] = {
         lowlevel_size=None,
         lowlevel_mode="bilinear",
         feature_sizes={"alexnet": 224, "inception_v3": 224, "clip_vit_l14": 224, "efficientnet_b1": 224,
-                       "swav_resnet50": 224, "effnet_lite0": 224},
+                       "swav_resnet50": 224, "effnet_lite0": 224, "clip_small": 64},
         effnet_b1_weights="v1",
     ),
 }
@@ -138,6 +140,9 @@ FEATURE_METRICS: tuple[FeatureMetric, ...] = (
                   "EfficientNet-Lite0 avgpool (1280), extra metric, not in the published suite"),
     FeatureMetric("EffNet-Lite0 distance", "effnet_lite0", "avgpool", "distance",
                   "EfficientNet-Lite0 avgpool (1280), extra metric, not in the published suite"),
+    FeatureMetric("CLIP-small 2-way", "clip_small", "image_embeds", "two_way",
+                  "image embedding of the small CLIP the project trained on simulated scenes "
+                  "(scripts/train_clip_small.py); extra metric, meaningful for simulated scenes only"),
 )
 LOWLEVEL_METRICS: dict[str, tuple[bool, str]] = {
     "PixCorr": (True, "Pearson r of flattened RGB pixels"),

@@ -434,3 +434,34 @@ def make_stimuli(source: str, n: int, size: int, rng: np.random.Generator, progr
     if source == "procedural":
         return procedural_stimuli(n, size, rng, progress)
     return photo_stimuli(source, n, size, rng, progress)
+
+
+def load_scene_arrays(images_path: str | Path, captions_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read the training scenes written by ``scripts/sim_training_images.py``.
+
+    Parameters
+    ----------
+    images_path : path
+        ``.npy`` of ``(n, H, W, 3)`` uint8 scenes.
+    captions_path : path, optional
+        ``.npy`` of ``(n, k)`` unicode captions; default ``<images stem>_captions.npy`` beside the images.
+
+    Raises
+    ------
+    MissingDataError, DataFormatError
+        Naming the file that is absent or has the wrong layout.
+    """
+    images_path = Path(images_path)
+    captions_path = Path(captions_path) if captions_path is not None else images_path.with_name(images_path.stem + "_captions.npy")
+    for path, what in ((images_path, "training images (.npy)"), (captions_path, "training captions (.npy)")):
+        if not path.is_file():
+            raise MissingDataError(path, what)
+    images = np.load(images_path, allow_pickle=False)
+    captions = np.load(captions_path, allow_pickle=False)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataFormatError(f"{images_path}: expected (n, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    if captions.ndim != 2 or captions.dtype.kind != "U":
+        raise DataFormatError(f"{captions_path}: expected (n, k) unicode captions, got {captions.shape} {captions.dtype}")
+    if len(captions) != len(images):
+        raise DataFormatError(f"{captions_path}: expected {len(images)} rows (one per image), got {len(captions)}")
+    return images, captions

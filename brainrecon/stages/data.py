@@ -167,6 +167,9 @@ def _load_byo(params: Mapping[str, Any], resources: Mapping[str, Any], progress:
         average=bool(params.get("average_repeats", True)),
         image_size=params.get("stimulus_size"),
         nan_voxels=params.get("nan_voxels", "error"),
+        keys=params.get("keys"),
+        stimulus_shape=params.get("stimulus_shape"),
+        stimulus_order=params.get("stimulus_order", "C"),
     )
     return SplitData(
         X_train=prep.X_train,

@@ -42,10 +42,13 @@ class EvaluateStage(Stage):
         Root of published weights; backbones are looked for under ``metrics/`` (not hashed).
     experiment : str
         Title of the report.
+    chains : dict, optional
+        ``generate.init_from`` (space -> the space whose images it starts from); the report
+        shows each chain stage by stage.
     """
 
     name = "evaluate"
-    version = 3  # 2: brain correlation on simulated data; 3: metrics files only in report/
+    version = 4  # 2: brain correlation on simulated data; 3: metrics files only in report/; 4: chain grids
 
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         from brainrecon.metrics.suite import evaluate_methods
@@ -96,8 +99,27 @@ class EvaluateStage(Stage):
             metrics=results,
             title=f"brainrecon: {self.params.get('experiment', 'experiment')}",
             extra_sections=sections,
+            chains=chain_methods(self.params.get("chains") or {}, recons),
         )
         return summary
+
+
+def chain_methods(init_from: Mapping[str, str], recons: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Stage-by-stage method lists of multi-stage reconstructions, from ``generate.init_from``.
+
+    ``{"versatile": "vdvae"}`` gives ``{"vdvae -> versatile": ["vdvae", "versatile"]}``; chains
+    of more stages are followed back to their first stage.
+    """
+    out: dict[str, list[str]] = {}
+    for final in init_from:
+        if final in init_from.values():
+            continue  # an intermediate stage: its chain is shown with the final one
+        stages = [final]
+        while stages[0] in init_from and len(stages) <= len(init_from):
+            stages.insert(0, init_from[stages[0]])
+        if all(s in recons for s in stages):
+            out[" -> ".join(stages)] = stages
+    return out
 
 
 def sim_brain_correlation(

@@ -128,7 +128,7 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
         ev_up[f"predict/{name}"] = stages[f"predict/{name}"]
         ev_up[f"extract/{name}"] = stages[f"extract/{name}"]
     stages["evaluate"] = EvaluateStage(
-        {"seed": seed, "experiment": cfg.get("name", "experiment"), **_section(cfg, "metrics")},
+        {"seed": seed, "experiment": cfg.get("name", "experiment"), "chains": init_from, **_section(cfg, "metrics")},
         ev_up,
         scope=scope,
         resources={**base_res, "spaces": dict(spaces)},

@@ -62,3 +62,20 @@ def test_write_report_is_self_contained(tmp_path: Path, evaluated) -> None:  # n
         assert name in page
     for f in ("metrics.json", "per_image.csv", "figures/grid.png", "figures/bars.png", "figures/best_worst_0.png"):
         assert (tmp_path / "rep" / f).is_file(), f
+
+
+def test_chains_are_shown_stage_by_stage(tmp_path: Path, evaluated) -> None:  # noqa: ANN001
+    from brainrecon.errors import ShapeMismatchError
+    from brainrecon.stages.evaluate import chain_methods
+
+    gt, recons, metrics, _ = evaluated
+    chains = chain_methods({"close": "noise"}, recons)
+    assert chains == {"noise -> close": ["noise", "close"]}
+    assert chain_methods({"c": "b", "b": "a"}, dict.fromkeys("abc")) == {"a -> b -> c": ["a", "b", "c"]}
+    assert chain_methods({"close": "absent"}, recons) == {}
+    index = write_report(tmp_path / "rep", stimuli=gt, reconstructions=recons, metrics=metrics, chains=chains)
+    page = index.read_text()
+    assert "noise -&gt; close, stage by stage" in page
+    assert (tmp_path / "rep" / "figures" / "chain_0.png").is_file()
+    with pytest.raises(ShapeMismatchError, match="unknown"):
+        write_report(tmp_path / "bad", stimuli=gt, reconstructions=recons, metrics=metrics, chains={"x": ["nope"]})

@@ -298,12 +298,9 @@ def build_vdvae_space(weights_path: str | os.PathLike, model: Any = None, **kwar
     ``weights_path`` may be ``"bundled:<file>"`` for a model shipped in
     ``brainrecon/weights/`` (trained by the project, see ``scripts/``).
     """
-    from brainrecon.paths import bundled_weights_dir
+    from brainrecon.paths import resolve_weights_path
 
-    w = os.fspath(weights_path)
-    if w.startswith("bundled:"):
-        w = str(bundled_weights_dir() / w.removeprefix("bundled:"))
-    cfg: dict[str, Any] = {"weights": w, **kwargs}
+    cfg: dict[str, Any] = {"weights": str(resolve_weights_path(weights_path)), **kwargs}
     if model is not None:
         cfg["model"] = model
     return VDVAESpace.from_config(cfg)
