@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from brainrecon.errors import DataFormatError, MissingDataError  # noqa: E402
-from brainrecon.paths import shared_data_dir  # noqa: E402
+from brainrecon.paths import shared_dataset_file  # noqa: E402
 
 PUBLISHED = {  # DGMM paper (arXiv:1704.07575) Table 2: (PCC, MSE, SSIM)
     "Miyawaki et al.": (0.767, 0.042, 0.466),
@@ -263,12 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    path = args.data
-    if path is None:
-        root = shared_data_dir()
-        if root is None:
-            raise SystemExit("../shared/data not found: pass --data PATH/digit69_28x28.mat")
-        path = root / "vangerven2010-digits69" / "digit69_28x28.mat"
+    path = shared_dataset_file("vangerven2010-digits69/digit69_28x28.mat", args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.select:
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 from brainrecon.errors import DataFormatError, MissingDataError  # noqa: E402
 from brainrecon.metrics import evaluate  # noqa: E402
-from brainrecon.paths import shared_data_dir  # noqa: E402
+from brainrecon.paths import shared_dataset_file  # noqa: E402
 
 #: DGMM paper (arXiv:1704.07575) Table 2, as listed in ../shared/data/README.md: (PCC, MSE, SSIM)
 PUBLISHED = {
@@ -86,12 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None, help="path of digit69_28x28.mat")
     args = ap.parse_args(argv)
-    path = args.data
-    if path is None:
-        root = shared_data_dir()
-        if root is None:
-            raise SystemExit("../shared/data not found: pass --data PATH/digit69_28x28.mat")
-        path = root / "vangerven2010-digits69" / "digit69_28x28.mat"
+    path = shared_dataset_file("vangerven2010-digits69/digit69_28x28.mat", args.data)
     d = load_digits69(path)
     from sklearn.linear_model import RidgeCV
 

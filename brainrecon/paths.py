@@ -83,3 +83,22 @@ def shared_data_dir() -> Path | None:
         return None
     p = root.parent / "shared" / "data"
     return p if p.is_dir() else None
+
+
+def shared_dataset_file(relative: str | os.PathLike, explicit: str | os.PathLike | None = None) -> Path:
+    """A file of the development data beside the checkout (``../shared/data/<relative>``).
+
+    ``explicit`` wins when given. Raises :class:`~brainrecon.errors.MissingDataError`
+    naming the file (and how to pass it) when neither exists.
+    """
+    from brainrecon.errors import MissingDataError
+
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+    else:
+        root = shared_data_dir()
+        path = (root / relative) if root is not None else Path("../shared/data") / relative
+    if not path.is_file():
+        raise MissingDataError(path, "development data file", "pass its path explicitly (--data PATH)")
+    return path
+

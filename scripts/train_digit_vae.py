@@ -41,9 +41,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from brainrecon.errors import DataFormatError, MissingDataError  # noqa: E402
-from brainrecon.paths import bundled_weights_dir, shared_data_dir  # noqa: E402
-
-DIGITS69_FILE = Path("vangerven2010-digits69") / "digit69_28x28.mat"
+from brainrecon.paths import bundled_weights_dir, shared_dataset_file  # noqa: E402
 
 
 def read_digits69_train(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -188,12 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     from brainrecon.latents.digits import save_digit_vae
 
     torch.set_num_threads(args.threads)
-    path = args.data
-    if path is None:
-        root = shared_data_dir()
-        if root is None:
-            raise SystemExit("../shared/data not found: pass --data PATH/digit69_28x28.mat")
-        path = root / DIGITS69_FILE
+    path = shared_dataset_file("vangerven2010-digits69/digit69_28x28.mat", args.data)
     imgs, labels = read_digits69_train(path)
     extra = np.zeros((0, 28, 28), np.float32) if args.no_sklearn else sklearn_sixes_nines()[0]
     t0 = time.perf_counter()
