@@ -702,13 +702,6 @@ class DualGuidedImg2Img:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def _resolve(path: str | os.PathLike) -> Path:
-    # One resolver for "bundled:<name>" in this package (shared with VersatileSpace).
-    from brainrecon.paths import resolve_weights_path
-
-    return resolve_weights_path(path)
-
-
 def _check_folder(root: Path, sub: str, *, weights: bool) -> Path:
     folder = root / sub
     if not folder.is_dir():
@@ -779,7 +772,9 @@ def load_dual_guided(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
 
-    root = _resolve(path)
+    from brainrecon.paths import resolve_weights_path
+
+    root = resolve_weights_path(path)
     if not root.is_dir():
         raise MissingWeightsError(
             root, "Versatile Diffusion (diffusers layout: image_unet/, text_unet/, vae/, scheduler/)", _HINT

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from brainrecon.errors import ConfigError, MissingDataError, ShapeMismatchError
+from brainrecon.errors import ConfigError, MissingDataError, MissingWeightsError, ShapeMismatchError
 from brainrecon.latents.base import Stimuli, TargetSpec
 from brainrecon.paths import resolve_weights_path
 
@@ -86,8 +86,6 @@ class VersatileSpace:
         self.weights = resolve_weights_path(weights_path)
         self.clip_dir = resolve_weights_path(clip_path) if clip_path is not None else self.weights
         if not self.weights.is_dir():
-            from brainrecon.errors import MissingWeightsError
-
             raise MissingWeightsError(
                 self.weights, "Versatile Diffusion (diffusers layout: image_unet/, text_unet/, vae/, scheduler/)",
                 "download shi-labs/versatile-diffusion to this folder, or use bundled:vd_small",
@@ -140,10 +138,9 @@ class VersatileSpace:
     ) -> np.ndarray:
         """Images ``(n, 3, image_size, image_size)`` in [0, 1] from predicted CLIP tokens.
 
-        ``init`` (n, 3, H, W) float in [0, 1] is the starting image (resized to ``image_size``).
+        ``init`` (n, 3, H, W) float in [0, 1] is the starting image (the img2img model resizes
+        it to ``image_size``).
         """
-        from brainrecon.images import resize
-
         for key, spec in self.targets.items():
             if key not in latents:
                 raise ShapeMismatchError("versatile.decode latents", sorted(self.targets), sorted(latents))
@@ -161,7 +158,6 @@ class VersatileSpace:
             strength = 1.0
         elif init.ndim != 4 or init.shape[0] != n or init.shape[1] != 3:
             raise ShapeMismatchError("versatile.decode init images", f"({n}, 3, H, W)", init.shape)
-        init = resize(np.asarray(init, np.float32), self.image_size)
         pipe = self.pipeline()
         out = pipe(
             init, text, vision,
