@@ -58,6 +58,7 @@ __all__ = [
     "GODFile",
     "PreparedGOD",
     "read_god_file",
+    "read_god_images",
     "read_image_table",
     "god_subject_file",
     "load_god",
@@ -705,3 +706,57 @@ def load_god(
         voxel_xyz=voxel_xyz,
         info=info,
     )
+
+
+def read_god_images(folder: str | Path, files: Sequence[str], *, size: int = 256, progress: bool = False) -> np.ndarray:
+    """Read GOD stimulus images by file name: central square crop, resized to ``size``.
+
+    The ImageNet photographs of GOD are not square; IC-GAN and BigBiGAN feed their central
+    square, resized (PIL bicubic) to the generator's resolution.
+
+    Parameters
+    ----------
+    folder : path
+        Folder of one split's images (``<images_root>/training`` or ``<images_root>/test``).
+    files : sequence of str
+        File names as in the image-id tables (``PreparedGOD.train_files``).
+    size : int, default 256
+        Output side in pixels.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray of uint8, shape (len(files), size, size, 3)
+
+    Raises
+    ------
+    MissingDataError
+        A file named in the table is absent (the first missing one is named, with the count).
+    """
+    from PIL import Image
+
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ConfigError(f"stimulus_size: expected a positive int, got {size!r}")
+    folder = Path(folder)
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise MissingDataError(
+            folder / missing[0], "GOD stimulus image",
+            hint=f"{len(missing)} of {len(files)} image(s) named in the table are absent from {folder}",
+        )
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    it: Sequence[str] = files
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(files, desc=f"GOD images ({folder.name})", leave=False)
+    for i, name in enumerate(it):
+        with Image.open(folder / name) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            square = im.crop((left, top, left + side, top + side))
+            out[i] = np.asarray(square.resize((int(size), int(size)), Image.BICUBIC), dtype=np.uint8)
+    return out

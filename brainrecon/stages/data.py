@@ -185,12 +185,48 @@ def _load_byo(params: Mapping[str, Any], resources: Mapping[str, Any], progress:
     )
 
 
+def _load_god(params: Mapping[str, Any], resources: Mapping[str, Any], progress: bool) -> SplitData:
+    """Generic Object Decoding (``conf/data/god.yaml``): ROI voxels, per-run z-scoring, averaged test images."""
+    from brainrecon.data.god import god_subject_file, load_god, read_god_images
+
+    root = params.get("god_root") or (Path(resolve_root(resources, "data_root", "GOD dataset")) / "god")
+    subject_file = god_subject_file(int(params.get("subject", 1)), Path(root).expanduser())
+    prep = load_god(
+        subject_file,
+        roi=params.get("roi", "VC"),
+        image_tables=params.get("image_tables"),
+        normalize=str(params.get("normalize", "run")),
+        average_test=bool(params.get("average_test", True)),
+    )
+    if not bool(params.get("average_test", True)):
+        raise ConfigError("data.average_test: the pipeline needs one row per test image (true), got false")
+    images_root = Path(params.get("images_root") or Path(root) / "images").expanduser()
+    size = int(params.get("stimulus_size", 256))
+    stim_tr = read_god_images(images_root / "training", prep.train_files, size=size, progress=progress)
+    stim_te = read_god_images(images_root / "test", prep.test_files, size=size, progress=progress)
+    info = {k: v for k, v in prep.info.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))}
+    return SplitData(
+        X_train=prep.X_train,
+        X_test=prep.X_test,
+        stimuli_train=stim_tr,
+        stimuli_test=stim_te,
+        # GOD ids are floats like 1518878.010042; the row number in the table is the stable id.
+        train_ids=np.arange(len(prep.X_train)),
+        test_ids=np.arange(len(prep.X_test)),
+        rois={k: np.asarray(v, dtype=np.int8) for k, v in prep.roi_masks.items()},
+        info={"source": "god", "subject_file": str(subject_file), "images_root": str(images_root),
+              "train_image_ids": [f"{x:.6f}" for x in prep.train_image_ids],
+              "test_image_ids": [f"{x:.6f}" for x in prep.test_image_ids], **info},
+    )
+
+
 #: Data sources by name; each takes (params, resources, progress).
 SOURCES: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], bool], SplitData]] = {
     "toy": _load_toy,
     "nsd": _load_nsd,
     "sim": _load_sim,
     "byo": _load_byo,
+    "god": _load_god,
 }
 
 
@@ -229,6 +265,18 @@ class DataStage(Stage):
             return {"sim_format": TRUTH_FORMAT_VERSION}
         if source == "byo" and self.params.get("byo_path"):
             return {"byo": path_fingerprint(self.params["byo_path"])}
+        if source == "god" and self.params.get("god_root"):
+            from brainrecon.fingerprint import files_fingerprint
+
+            root = Path(self.params["god_root"]).expanduser()
+            subject = int(self.params.get("subject", 1))
+            files = [root / f"Subject{subject}{ext}" for ext in (".mat", ".h5")]
+            files += [root / "imageID_training.csv", root / "imageID_test.csv"]
+            images = self.params.get("images_root")
+            return {
+                "god": files_fingerprint([f for f in files if f.is_file()], base=root),
+                "images": path_fingerprint(images) if images else "default",
+            }
         if source == "nsd" and self.params.get("nsd_root"):
             return {"nsd": nsd_fingerprint(Path(self.params["nsd_root"]), int(self.params.get("subject", 1)))}
         return {}

@@ -22,10 +22,11 @@ from brainrecon.stages.extract import ExtractStage
 from brainrecon.stages.fit import FitStage
 from brainrecon.stages.generate import GenerateStage
 from brainrecon.stages.predict import PredictStage
+from brainrecon.stages.roi import build_roi_stage
 
 log = logging.getLogger("brainrecon")
 
-STAGE_ORDER = ("data", "extract", "fit", "predict", "generate", "evaluate")
+STAGE_ORDER = ("data", "extract", "fit", "predict", "generate", "evaluate", "roi")
 
 
 @dataclass
@@ -51,6 +52,22 @@ def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _predict_params(section: dict[str, Any], space: str) -> dict[str, Any]:
+    """The predict section as one space sees it: a per-space ``rescale`` mapping is resolved here.
+
+    ``predict.rescale`` is a method name for every target, or a mapping with an optional
+    ``default`` and one entry per space (a method name, or a mapping target -> method). Each
+    space's predict stage receives only its own entry, so changing one space's rescaling does
+    not invalidate the others' caches.
+    """
+    value = section.get("rescale", "none")
+    if isinstance(value, Mapping):
+        value = value.get(space, value.get("default", "none"))
+        if isinstance(value, Mapping):
+            value = dict(value)
+    return {**section, "rescale": value}
+
+
 def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> dict[str, Stage]:
     """Build the stage graph of an experiment.
 
@@ -67,7 +84,8 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
     -------
     dict
         Stages by name: ``"data"``, ``"extract/<space>"``, ``"fit/<space>"``,
-        ``"predict/<space>"``, ``"generate/<space>"``, ``"evaluate"``.
+        ``"predict/<space>"``, ``"generate/<space>"``, ``"evaluate"``, ``"roi"`` (section ``roi``;
+        it runs only when ``until="roi"``).
     """
     latents_cfg = _section(cfg, "latents")
     if set(latents_cfg) != set(spaces):
@@ -111,7 +129,7 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
             label=f"fit/{name}",
         )
         pred = PredictStage(
-            _section(cfg, "predict"),
+            _predict_params(_section(cfg, "predict"), name),
             {"data": data, "extract": ex, "fit": fit},
             scope=scope,
             resources=res,
@@ -133,6 +151,8 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
         scope=scope,
         resources={**base_res, "spaces": dict(spaces)},
     )
+    stages["roi"] = build_roi_stage(_section(cfg, "roi"), stages, spaces, scope=scope, seed=seed, chains=init_from,
+                                    resources=base_res)
     return stages
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from brainrecon.errors import ConfigError
 from brainrecon.stages.base import Artifact, RunContext, Stage
 from brainrecon.stages.fit import flat, target_names
 
@@ -18,15 +19,34 @@ def _r2_per_column(y: np.ndarray, yhat: np.ndarray) -> np.ndarray:
         return 1.0 - ss_res / ss_tot
 
 
+def _methods_per_target(setting: Any, targets: list[str]) -> dict[str, str]:
+    """Rescaling method of each target from a method name or a mapping target -> method."""
+    from brainrecon.decoding.rescale import RESCALE_METHODS
+
+    if isinstance(setting, Mapping):
+        unknown = sorted(set(setting) - set(targets) - {"default"})
+        if unknown:
+            raise ConfigError(f"predict.rescale: unknown target(s) {unknown}; expected 'default' or one of {targets}")
+        chosen = {t: str(setting.get(t, setting.get("default", "none"))) for t in targets}
+    else:
+        chosen = {t: str(setting) for t in targets}
+    for t, m in chosen.items():
+        if m not in RESCALE_METHODS:
+            raise ConfigError(f"predict.rescale ({t}): expected one of {list(RESCALE_METHODS)}, got {m!r}")
+    return chosen
+
+
 class PredictStage(Stage):
     """Predict every target for the test betas.
 
     Parameters (``params``)
     -----------------------
-    rescale : str
+    rescale : str or mapping
         ``"none"``, ``"paper"`` (transductive: standardise across the test
         predictions, then map to training mean/std, as Brain-Diffuser) or
         ``"train_stats"`` (non-transductive). See :mod:`brainrecon.decoding.rescale`.
+        A mapping target -> method (with an optional ``default``, else ``"none"``) sets it per
+        target, e.g. IC-GAN rescales only ``instance``.
     """
 
     name = "predict"
@@ -40,10 +60,13 @@ class PredictStage(Stage):
 
         data, extract, fit = inputs["data"], inputs["extract"], inputs["fit"]
         X_test = np.asarray(data.array("X_test"))
-        method = str(self.params.get("rescale", "none"))
-        summary: dict[str, Any] = {"rescale": method}
+        setting = self.params.get("rescale", "none")
+        names = target_names(extract)
+        methods = _methods_per_target(setting, names)
+        summary: dict[str, Any] = {"rescale": setting if isinstance(setting, str) else methods}
         (ctx.out / "test").mkdir(exist_ok=True)
-        for t in target_names(extract):
+        for t in names:
+            method = methods[t]
             dec = RidgeDecoder.load(fit.path / t)
             Y_train = flat(extract.array(f"train/{t}"))
             Z_hat = dec.predict(X_test)

@@ -380,3 +380,55 @@ def test_single_sample_run_is_refused_for_run_normalisation(god_dir):
         load_god(god_dir / "Single.mat")
     d = load_god(god_dir / "Single.mat", normalize="train")
     assert d.X_train.shape == (4, 3)
+
+
+# ------------------------------------------------------------------ data stage source "god"
+def _write_images(folder, files, sizes):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for f, (w, h) in zip(files, sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f, format="JPEG")
+
+
+def test_data_stage_god_source_reads_betas_and_central_square_images(god_dir):
+    from brainrecon.stages.base import ArtifactStore, Runner
+    from brainrecon.stages.data import DataStage
+
+    images = god_dir / "images"
+    _write_images(images / "training", TRAIN_FILES, [(40, 30), (30, 40), (32, 32), (50, 20)])
+    _write_images(images / "test", TEST_FILES, [(24, 36), (36, 24)])
+    params = {"source": "god", "god_root": str(god_dir), "subject": 1, "roi": "VC", "normalize": "run",
+              "average_test": True, "images_root": str(images), "stimulus_size": 16}
+    art = Runner(ArtifactStore(god_dir / "art"), progress=False).run(DataStage(params))
+    prep = load_god(god_dir / "Subject1.mat", roi="VC")
+    np.testing.assert_allclose(art.array("X_train"), prep.X_train, atol=1e-6)
+    np.testing.assert_allclose(art.array("X_test"), prep.X_test, atol=1e-6)
+    assert art.array("stimuli_train").shape == (4, 16, 16, 3)
+    assert art.array("stimuli_test").shape == (2, 16, 16, 3)
+    info = art.json("info")
+    assert info["source"] == "god" and info["train_image_ids"][0] == TRAIN_IDS[0]
+    assert "V1" in info["rois"]
+
+
+def test_read_god_images_crops_the_central_square(tmp_path):
+    from PIL import Image
+
+    from brainrecon.data.god import read_god_images
+
+    # A 30x10 image: left and right thirds red, central 10x10 square green.
+    a = np.zeros((10, 30, 3), np.uint8)
+    a[:, :10, 0] = a[:, 20:, 0] = 255
+    a[:, 10:20, 1] = 255
+    Image.fromarray(a).save(tmp_path / "x.png")
+    out = read_god_images(tmp_path, ["x.png"], size=10)
+    assert out.shape == (1, 10, 10, 3)
+    assert out[0, :, :, 1].min() > 200 and out[0, :, :, 0].max() < 50
+
+
+def test_read_god_images_names_the_missing_file(tmp_path):
+    from brainrecon.data.god import read_god_images
+
+    with pytest.raises(MissingDataError, match=r"absent\.JPEG"):
+        read_god_images(tmp_path, ["absent.JPEG"], size=8)

@@ -317,6 +317,18 @@ def test_non_finite_values(where, value):
         RidgeDecoder(1.0, chunk_size=2).fit(X, Y)
 
 
+def test_large_finite_targets_whose_float32_sums_overflow_are_accepted():
+    # Column sums run in float32 GEMVs; values near float32's maximum overflow them to inf although
+    # every value is finite. That must fall back to float64 sums, not raise a NaN/inf error.
+    X, Y, _ = make_problem(30, 70, 3)
+    Y = Y.astype(np.float32)
+    Y[:, 1] = np.float32(2e38)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.ones((1, 30), np.float32) @ Y[:, 1:2]).all()  # the GEMV does overflow
+    model = RidgeDecoder(1.0).fit(X, Y)
+    np.testing.assert_allclose(model.y_mean_[1], 2e38, rtol=1e-6)
+
+
 def test_non_finite_query():
     X, Y, Xt = make_problem(30, 70, 4)
     model = RidgeDecoder(1.0).fit(X, Y)
