@@ -303,6 +303,7 @@ def build_bigbigan_space(
     MissingWeightsError
         A needed file is absent; the message names the path and the file to get.
     """
+    from brainrecon.errors import MissingWeightsError
     from brainrecon.fingerprint import file_fingerprint
     from brainrecon.latents.bigbigan.checkpoint import load_encoder, load_generator
     from brainrecon.paths import resolve_weights_path
@@ -318,12 +319,19 @@ def build_bigbigan_space(
             f"{sorted(known | {'generator_path', 'encoder_path', 'generator', 'encoder', 'device'})}"
         )
     dev = device or "cpu"
+    needs_encoder = kwargs.get("encode_method", "encoder") != "inversion"
+    for path, what in ((generator_path, "generator"), (encoder_path if needs_encoder else None, "encoder")):
+        if path is not None and os.fspath(path).startswith("bundled:") and not resolve_weights_path(path).is_file():
+            raise MissingWeightsError(
+                resolve_weights_path(path), f"BigBiGAN {what} (the project's small model)",
+                "train it with scripts/train_bigbigan_small.py (scripts/README.md)",
+            )
     g_path = resolve_weights_path(generator_path)
     g_cfg = generator if generator is not None else _sibling_json(g_path)
     gen = load_generator(g_path, g_cfg, device=dev)
     enc = None
     e_path = None
-    if kwargs.get("encode_method", "encoder") != "inversion":
+    if needs_encoder:
         if encoder_path is None:
             raise ConfigError("bigbigan encoder_path is required unless encode_method='inversion'")
         e_path = resolve_weights_path(encoder_path)

@@ -54,7 +54,7 @@ ENCODER_HINT = f"download {SWAV_URL} ({SWAV_FILE}, SwAV ResNet-50; see docs/icga
 
 
 def read_state_dict(path: str | os.PathLike, what: str, hint: str) -> dict[str, torch.Tensor]:
-    """Load a ``torch.save``-d state dict with ``weights_only=True`` (or a ``.safetensors``); strip a ``module.`` prefix.
+    """Load a state dict (``torch.load(weights_only=True)``, or ``.safetensors``); strip a ``module.`` prefix.
 
     A checkpoint dict holding the weights under ``"state_dict"`` is unwrapped.
 

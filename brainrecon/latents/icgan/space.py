@@ -493,6 +493,11 @@ def build_icgan_space(
     gpath = resolve_weights_path(weights_path)
     epath = resolve_weights_path(encoder_path)
     dev = device or "cpu"
+    if os.fspath(weights_path).startswith("bundled:") and not gpath.is_file():
+        raise MissingWeightsError(
+            gpath, "IC-GAN generator (the project's small model)",
+            "train it with scripts/train_icgan_small.py (scripts/README.md)",
+        )
     if model is None:
         # The architecture is the .json beside the weights; a missing weights file is named first.
         if not gpath.is_file():
