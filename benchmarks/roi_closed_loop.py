@@ -1,0 +1,140 @@
+"""Acceptance of the ROI exploration on the default (simulated) experiment: closed loop and eccentricity.
+
+For each configuration of the roi stage (the reference one, other decoding seeds, and a
+non-transductive VDVAE scaling), prints, per image set (latent space) and encoding model:
+
+* per category ROI (faces, words, places, bodies): the ROI's mean z-scored response to its own
+  ROI-optimal image, the strongest other category ROI on that image, whether the target wins
+  (``selective``), and the percentile of the drive among the natural test stimuli (with the
+  estimated category areas of the semantic estimator, and with the true ones);
+* acceptance 1: every category ROI selective and at or above the 90th percentile;
+* acceptance 2: the preferred eccentricity of the eccentricity-band images (energy density
+  weighted, degrees), its Spearman correlation with the band order, and whether it is strictly
+  centre to periphery; the correlation of each early visual ROI image's energy map with the
+  ROI's pRF coverage;
+* the semantic estimator's held-out accuracy and its accuracy on each generator's ceiling
+  images (can the generator show the category at all?);
+* a check of the loop itself on natural test stimuli: each category ROI's drive by stimuli with
+  and without its category, and how many of its 10 strongest stimuli contain the category.
+
+It reuses the run of ``make demo`` (same configuration, same stage keys) and runs only the roi
+stage for each configuration (about 30 s each on 2 CPU cores).
+
+Usage::
+
+    python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seed1 seed2 vdvae_train_norm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: roi-stage configurations: Hydra overrides on top of conf/roi_explore.yaml.
+CONFIGS: dict[str, list[str]] = {
+    "reference": [],
+    "seed1": ["roi.decode_seed=1"],
+    "seed2": ["roi.decode_seed=2"],
+    "vdvae_train_norm": ["+roi.scaling.vdvae.z.method=train_norm"],
+}
+
+
+def run_config(overrides: list[str], artifacts: Path, data: Path):
+    """Run the roi stage of the default experiment with ``overrides``; return (exploration, seconds)."""
+    from hydra import compose, initialize_config_dir
+
+    from brainrecon.roi import RoiExploration
+    from brainrecon.stages.base import ArtifactStore, Runner
+    from brainrecon.stages.pipeline import build_stages
+    from pipelines.config import build_spaces, to_plain
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="roi_explore", overrides=[
+            f"paths.artifacts_root={artifacts}", f"paths.data_root={data}", "progress=false", *overrides])
+    plain = to_plain(cfg)
+    stages = build_stages(plain, build_spaces(cfg))
+    runner = Runner(ArtifactStore(artifacts), progress=False)
+    t0 = time.perf_counter()
+    art = runner.run(stages["roi"])
+    ran = [e.label for e in runner.executions]
+    if any(r != "roi" for r in ran):
+        print(f"  (also ran upstream stages: {ran})")
+    return RoiExploration.load(art.path), time.perf_counter() - t0, art.key
+
+
+def report(name: str, ex, seconds: float, key: str) -> dict:
+    """Print one configuration's numbers; return the pass/fail flags."""
+    print(f"\n=== {name}  (roi/{key}, {seconds:.1f} s)")
+    for k, sc in ex.scalings.items():
+        print(f"  scaling {k:<22} {sc.method:<12} scale {sc.scale:.3g}" + ("" if sc.norm is None else f" norm {sc.norm:.3g}"))
+    flags = {}
+    for model, res in ex.closed_loop.items():
+        print(f"  -- closed loop, {model} model: {res.model}")
+        est = res.extra.get("semantic_estimator_heldout")
+        if est:
+            print("     semantic estimator held-out r: " + ", ".join(
+                f"{c} {r:.2f}" for c, r in zip(est["categories"], est["r"]) if r is not None))
+        for sp, per in (res.extra.get("generator_ceiling_semantics_r") or {}).items():
+            print(f"     estimator r on {sp} ceiling images: " + ", ".join(
+                f"{c} {r:.2f}" for c, r in per.items() if r is not None))
+        for roi, row in (res.extra.get("natural_check") or {}).items():
+            e, t = row.get("est"), row.get("true")
+            print(f"     natural test stimuli, {roi} ROI: drive with/without {row['category']} "
+                  f"{e['drive_with']:+.2f}/{e['drive_without']:+.2f} (true areas {t['drive_with']:+.2f}/{t['drive_without']:+.2f}); "
+                  f"top-10 contain it {e['top10_with_category']}/10 ({t['top10_with_category']}/10)")
+        enc = res.extra.get("encoding_model_heldout")
+        if enc:
+            print(f"     encoding model held-out median voxel r: {enc['median_r']:.3f}")
+        for sp in ex.spaces:
+            rows = [r for r in res.table(sp) if r["group"] == "category"]
+            acc = res.acceptance(sp)
+            flags[(model, sp)] = acc["passed"]
+            print(f"     {sp:<10} acceptance 1: {'PASS' if acc['passed'] else 'FAIL'}")
+            for r in rows:
+                true_pct = r.get("percentile_true_semantics")
+                print(f"       {r['roi']:<7} drive {r['response']:+.2f}  best other {r['best_other_roi']:<7} "
+                      f"{r['best_other_response']:+.2f}  selective {'yes' if r['selective'] else 'no ':<3}  "
+                      f"pct {r['percentile']:5.1f}" + ("" if true_pct is None else f"  (true sem. {true_pct:5.1f})"))
+    for sp in ex.spaces:
+        order = ex.eccentricity_ordering(sp)
+        e = ex.energy[sp]
+        if order is not None:
+            vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
+            print(f"  {sp:<10} acceptance 2: preferred ecc (deg) {vals} | Spearman {order['spearman']:.2f}, "
+                  f"strictly increasing {order['strictly_increasing']}")
+        if e.coverage_r is not None:
+            cov = "  ".join(f"{r} {c:+.2f}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
+            print(f"  {sp:<10} r(energy map, pRF coverage): {cov}")
+    return flags
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the configurations and print their numbers, then a pass/fail summary."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
+    ap.add_argument("--data", type=Path, default=REPO / "data")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    summary = {}
+    for name in args.configs:
+        ex, secs, key = run_config(CONFIGS[name], args.artifacts.resolve(), args.data.resolve())
+        summary[name] = report(name, ex, secs, key)
+    print("\n=== acceptance 1 (category ROIs selective and >= 90th percentile), per configuration")
+    for name, flags in summary.items():
+        print(f"  {name:<18} " + "  ".join(f"{m}/{s}: {'PASS' if ok else 'fail'}" for (m, s), ok in flags.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Where in the visual field an ROI-optimal image puts its energy.
+
+Early visual ROIs are retinotopic: an ROI-optimal image should change the picture where the
+ROI's population receptive fields (pRFs) are. The *energy map* of an ROI image is its squared
+difference from the *baseline image* (the decode of the decoders' intercepts, i.e. of the
+all-zero synthetic pattern: what the decoders produce when no ROI is activated), summed over
+colour channels. Measures:
+
+``profile``
+    Mean energy per pixel in eccentricity rings (default: NSD's ``prf-eccrois`` edges 0.5, 1,
+    2, 4 degrees), i.e. an energy *density*, so that the large outer rings do not win by area.
+``preferred_ecc``
+    Density-weighted geometric mean of the ring centres (degrees).
+``coverage_r``
+    Pearson r between the energy map and the ROI's pRF coverage map (sum of the voxels'
+    Gaussian pRFs), where pRFs are known (simulated data).
+
+For the eccentricity bands, :func:`ordering` gives the Spearman correlation between band order
+and preferred eccentricity and whether the order is strictly centre to periphery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from brainrecon.errors import ConfigError, ShapeMismatchError
+
+__all__ = [
+    "DEFAULT_RING_EDGES",
+    "NSD_STIMULUS_DEG",
+    "energy_maps",
+    "eccentricity_grid",
+    "ring_profile",
+    "preferred_eccentricity",
+    "prf_coverage",
+    "EnergyResult",
+    "energy_analysis",
+    "ordering",
+]
+
+#: Inner edges of NSD's eccentricity rings (degrees): 0-0.5, 0.5-1, 1-2, 2-4, > 4.
+DEFAULT_RING_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+#: NSD stimuli subtended 8.4 degrees of visual angle.
+NSD_STIMULUS_DEG: float = 8.4
+
+
+def energy_maps(images: np.ndarray, baseline: np.ndarray, size: int = 128) -> np.ndarray:
+    """Squared difference from ``baseline``, summed over channels, at ``size`` x ``size``.
+
+    Parameters
+    ----------
+    images : (n, 3, H, W) float in [0, 1]
+    baseline : (1, 3, h, w) or (3, h, w) float in [0, 1]
+    size : int
+        Working resolution (both are resized to it, antialiased bicubic).
+
+    Returns
+    -------
+    ndarray (n, size, size) float64
+    """
+    from brainrecon.images import resize
+
+    images = np.asarray(images, dtype=np.float32)
+    baseline = np.asarray(baseline, dtype=np.float32)
+    if baseline.ndim == 3:
+        baseline = baseline[None]
+    if images.ndim != 4 or images.shape[1] != 3 or baseline.shape[:2] != (1, 3):
+        raise ShapeMismatchError("energy images / baseline", "(n, 3, H, W) and (1, 3, h, w)", (images.shape, baseline.shape))
+    a, b = resize(images, size), resize(baseline, size)
+    return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).sum(1)
+
+
+def eccentricity_grid(size: int, stimulus_deg: float = NSD_STIMULUS_DEG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (x right, y up) and eccentricity in degrees, each (size, size)."""
+    c = ((np.arange(size) + 0.5) / size - 0.5) * stimulus_deg
+    x = np.broadcast_to(c[None, :], (size, size))
+    y = np.broadcast_to(-c[:, None], (size, size))
+    return x, y, np.hypot(x, y)
+
+
+def ring_profile(maps: np.ndarray, stimulus_deg: float = NSD_STIMULUS_DEG,
+                 edges: Sequence[float] = DEFAULT_RING_EDGES) -> np.ndarray:
+    """Mean energy per pixel in each eccentricity ring, ``(n, n_rings)``; the last ring is open."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or maps.shape[1] != maps.shape[2]:
+        raise ShapeMismatchError("energy maps", "(n, size, size)", maps.shape)
+    e = list(edges) + [np.inf]
+    _, _, ecc = eccentricity_grid(maps.shape[-1], stimulus_deg)
+    cols = []
+    for lo, hi in zip(e[:-1], e[1:]):
+        ring = (ecc >= lo) & (ecc < hi)
+        if not ring.any():
+            raise ConfigError(f"eccentricity ring [{lo}, {hi}) holds no pixel at {maps.shape[-1]} px over {stimulus_deg} deg")
+        cols.append(maps[:, ring].mean(1))
+    return np.stack(cols, axis=1)
+
+
+def ring_centres(edges: Sequence[float] = DEFAULT_RING_EDGES, stimulus_deg: float = NSD_STIMULUS_DEG) -> np.ndarray:
+    """Representative eccentricity of each ring: geometric middle, half the edge for the first,
+    the middle up to the image corner for the open last ring."""
+    e = list(edges)
+    outer = stimulus_deg / np.sqrt(2.0)
+    out = []
+    for k, lo in enumerate(e):
+        hi = e[k + 1] if k + 1 < len(e) else outer
+        out.append(hi / 2.0 if lo == 0 else float(np.sqrt(lo * max(hi, lo))))
+    return np.asarray(out)
+
+
+def preferred_eccentricity(profile: np.ndarray, edges: Sequence[float] = DEFAULT_RING_EDGES,
+                           stimulus_deg: float = NSD_STIMULUS_DEG) -> np.ndarray:
+    """Density-weighted geometric mean of the ring centres, degrees, ``(n,)``."""
+    p = np.asarray(profile, dtype=np.float64)
+    c = np.log(ring_centres(edges, stimulus_deg))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.exp((p * c).sum(1) / p.sum(1))
+
+
+def prf_coverage(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, size: int,
+                 stimulus_deg: float = NSD_STIMULUS_DEG) -> np.ndarray:
+    """Sum of isotropic Gaussian pRFs (degrees; x right, y up) sampled on the image grid, (size, size)."""
+    gx, gy, _ = eccentricity_grid(size, stimulus_deg)
+    out = np.zeros((size, size))
+    for x0, y0, s in zip(np.asarray(x, float), np.asarray(y, float), np.asarray(sigma, float)):
+        out += np.exp(-((gx - x0) ** 2 + (gy - y0) ** 2) / (2.0 * s * s)) / (2.0 * np.pi * s * s)
+    return out
+
+
+@dataclass
+class EnergyResult:
+    """Energy measures of one image set (one latent space), one entry per ROI."""
+
+    rois: list[str]
+    edges: list[float]
+    stimulus_deg: float
+    profile: np.ndarray            # (n_rois, n_rings) energy density
+    preferred_ecc: np.ndarray      # (n_rois,)
+    coverage_r: np.ndarray | None = None  # (n_rois,)
+    nominal_ecc: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rois": self.rois, "edges": self.edges, "stimulus_deg": self.stimulus_deg,
+                "profile": self.profile.tolist(), "preferred_ecc": self.preferred_ecc.tolist(),
+                "coverage_r": None if self.coverage_r is None else self.coverage_r.tolist(),
+                "nominal_ecc": self.nominal_ecc}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EnergyResult:
+        def arr(v: Any) -> np.ndarray:  # NaN is stored as null
+            return np.array([np.nan if x is None else x for x in np.ravel(np.asarray(v, dtype=object))],
+                            dtype=float).reshape(np.shape(v))
+
+        cov = d.get("coverage_r")
+        return cls(list(d["rois"]), [float(e) for e in d["edges"]], float(d["stimulus_deg"]), arr(d["profile"]),
+                   arr(d["preferred_ecc"]), None if cov is None else arr(cov), dict(d.get("nominal_ecc") or {}))
+
+
+def energy_analysis(
+    images: np.ndarray,
+    baseline: np.ndarray,
+    rois: Sequence[str],
+    *,
+    stimulus_deg: float = NSD_STIMULUS_DEG,
+    edges: Sequence[float] = DEFAULT_RING_EDGES,
+    prfs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    nominal_ranges: Mapping[str, tuple[float, float]] | None = None,
+    size: int = 128,
+) -> EnergyResult:
+    """Energy profile, preferred eccentricity and pRF-coverage correlation of ROI images.
+
+    Parameters
+    ----------
+    images : (n_rois, 3, H, W) float in [0, 1]
+        Row i is the ROI-optimal image of ``rois[i]``.
+    baseline : (1, 3, h, w)
+        The decode of the intercepts (see the module docstring).
+    prfs : mapping ROI -> (x, y, sigma) of its voxels, optional
+        Known pRFs (simulated data) for ``coverage_r``.
+    nominal_ranges : mapping ROI -> (lo, hi) degrees, optional
+        Nominal eccentricity of eccentricity bands (reported as the geometric middle).
+    """
+    if len(images) != len(rois):
+        raise ShapeMismatchError("ROI images (one per ROI)", len(rois), len(images))
+    maps = energy_maps(images, baseline, size)
+    prof = ring_profile(maps, stimulus_deg, edges)
+    pref = preferred_eccentricity(prof, edges, stimulus_deg)
+    cov = None
+    if prfs:
+        cov = np.full(len(rois), np.nan)
+        for i, r in enumerate(rois):
+            if r in prfs:
+                c = prf_coverage(*prfs[r], size=size, stimulus_deg=stimulus_deg)
+                m = maps[i]
+                if m.std() > 0 and c.std() > 0:
+                    cov[i] = float(np.corrcoef(m.ravel(), c.ravel())[0, 1])
+    nominal = {}
+    for r, (lo, hi) in (nominal_ranges or {}).items():
+        hi_eff = hi if np.isfinite(hi) else stimulus_deg / np.sqrt(2.0)
+        nominal[r] = hi_eff / 2.0 if lo == 0 else float(np.sqrt(lo * hi_eff))
+    return EnergyResult(list(rois), [float(e) for e in edges], float(stimulus_deg), prof, pref, cov, nominal)
+
+
+def ordering(values: Sequence[float]) -> dict[str, Any]:
+    """Spearman correlation of ``values`` with their position, and whether they strictly increase."""
+    from scipy.stats import spearmanr
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return {"spearman": float("nan"), "strictly_increasing": False, "values": v.tolist()}
+    rho = spearmanr(np.arange(v.size), v)[0]
+    return {"spearman": float(rho), "strictly_increasing": bool(np.all(np.diff(v) > 0)), "values": v.tolist()}

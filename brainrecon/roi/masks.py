@@ -1,0 +1,359 @@
+"""Which voxels make up an ROI, and the synthetic fMRI pattern built from it.
+
+ROI catalogue
+-------------
+An ROI is a :class:`RoiSpec`: a label file of the data artifact (``roi_<file>.npy``), the
+label values that belong to it (``None``: any label > 0) and files whose voxels are removed
+from it. Named sets reproduce the reference analyses:
+
+``brain_diffuser`` (NSD, 13 ROIs, Brain-Diffuser's order)
+    ``faces``, ``words``, ``places``, ``bodies`` (floc files, any label); ``V1``..``V4`` from
+    ``prf-visualrois`` labels (1, 2), (3, 4), (5, 6), (7) — the reference applied these labels
+    to ``floc-faces`` by mistake (bug B1 of the methods guide); here they are read from
+    ``prf-visualrois`` as intended; eccentricity bands ``ecc0pt5``, ``ecc1``, ``ecc2``,
+    ``ecc4``, ``ecc4plus`` from ``prf-eccrois`` labels 1..5 (0.5, 1, 2, 4 and > 4 degrees).
+``floc``, ``visual``, ``eccentricity``
+    The three groups of that set.
+``icgan`` (GOD, 7 ROIs)
+    ``V1``..``V4``, ``LOC`` minus the voxels it shares with ``FFA``, ``FFA`` minus those it
+    shares with ``LOC``, and ``PPA``, from the GOD voxel flags (``roi_V1.npy`` ...), as
+    IC-GAN's ``explore_roi_semantics.py``.
+
+Besides names, :func:`resolve_rois` accepts NIfTI masks (``.nii``/``.nii.gz``; voxels > 0),
+mapped onto the data's voxel columns through ``voxel_ijk``.
+
+Synthetic pattern
+-----------------
+:func:`synthetic_patterns` builds the reference's "ROI-optimal" fMRI pattern: ``value`` (1)
+for voxels inside the ROI and 0 elsewhere, in the z-scored voxel space the decoders were fitted
+in, restricted to ``nsdgeneral`` (all voxels of the betas). 0 is the training mean of every
+voxel, so the pattern reads "this ROI one standard deviation above its mean, everything else at
+its mean".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
+
+__all__ = [
+    "RoiSpec",
+    "ROI_CATALOGUE",
+    "ROI_SETS",
+    "ECC_RINGS",
+    "is_nifti",
+    "nifti_mask",
+    "resolve_rois",
+    "synthetic_patterns",
+    "roi_slug",
+    "nifti_name",
+]
+
+
+@dataclass(frozen=True)
+class RoiSpec:
+    """Definition of one ROI over the voxel columns of a data artifact.
+
+    Parameters
+    ----------
+    name : str
+        Display name (``faces``, ``V1``, ``ecc2``, ...).
+    file : str
+        Label file of the data artifact, without ``roi_`` and ``.npy`` (``floc-faces``,
+        ``prf-visualrois``; GOD: ``V1``, ``LOC`` ...).
+    labels : tuple of int, optional
+        Label values inside the ROI; ``None`` selects every label > 0 (negative labels, NSD's
+        "outside the brain", are never selected).
+    exclude_files : tuple of str
+        Label files whose voxels (label > 0) are removed (IC-GAN: LOC minus FFA).
+    group : str
+        Comparison group in the closed-loop table: ``category``, ``visual``, ``eccentricity``
+        or ``custom``. An ROI image is compared with the other ROIs of its group.
+    ecc_range : (float, float), optional
+        Nominal eccentricity range in degrees (eccentricity bands only).
+    """
+
+    name: str
+    file: str
+    labels: tuple[int, ...] | None = None
+    exclude_files: tuple[str, ...] = ()
+    group: str = "custom"
+    ecc_range: tuple[float, float] | None = None
+
+    def mask(self, labels: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Boolean (n_voxels,) membership from per-voxel label arrays."""
+        if self.file not in labels:
+            raise ConfigError(
+                f"ROI {self.name!r}: needs label file {self.file!r}, the data has {sorted(labels)}",
+            )
+        lab = np.asarray(labels[self.file])
+        mask = lab > 0 if self.labels is None else np.isin(lab, self.labels)
+        for other in self.exclude_files:
+            if other not in labels:
+                raise ConfigError(f"ROI {self.name!r}: needs label file {other!r}, the data has {sorted(labels)}")
+            mask &= ~(np.asarray(labels[other]) > 0)
+        return mask
+
+
+#: Eccentricity rings (degrees) of NSD's ``prf-eccrois`` labels 1..5.
+ECC_RINGS: dict[str, tuple[float, float]] = {
+    "ecc0pt5": (0.0, 0.5), "ecc1": (0.5, 1.0), "ecc2": (1.0, 2.0), "ecc4": (2.0, 4.0), "ecc4plus": (4.0, float("inf")),
+}
+
+_NSD_FLOC = [
+    RoiSpec("faces", "floc-faces", group="category"),
+    RoiSpec("words", "floc-words", group="category"),
+    RoiSpec("places", "floc-places", group="category"),
+    RoiSpec("bodies", "floc-bodies", group="category"),
+]
+_NSD_VISUAL = [
+    RoiSpec("V1", "prf-visualrois", (1, 2), group="visual"),
+    RoiSpec("V2", "prf-visualrois", (3, 4), group="visual"),
+    RoiSpec("V3", "prf-visualrois", (5, 6), group="visual"),
+    RoiSpec("V4", "prf-visualrois", (7,), group="visual"),
+]
+_NSD_ECC = [
+    RoiSpec(name, "prf-eccrois", (k,), group="eccentricity", ecc_range=rng)
+    for k, (name, rng) in enumerate(ECC_RINGS.items(), start=1)
+]
+_GOD = [
+    RoiSpec("V1", "V1", group="visual"),
+    RoiSpec("V2", "V2", group="visual"),
+    RoiSpec("V3", "V3", group="visual"),
+    RoiSpec("V4", "V4", group="visual"),
+    RoiSpec("LOC", "LOC", exclude_files=("FFA",), group="category"),
+    RoiSpec("FFA", "FFA", exclude_files=("LOC",), group="category"),
+    RoiSpec("PPA", "PPA", group="category"),
+]
+
+#: Named ROI sets (see the module docstring). NSD names and GOD names overlap (``V1``..``V4``);
+#: :func:`resolve_rois` picks the definition whose label file the data has.
+ROI_SETS: dict[str, tuple[RoiSpec, ...]] = {
+    "brain_diffuser": tuple(_NSD_FLOC + _NSD_VISUAL + _NSD_ECC),
+    "floc": tuple(_NSD_FLOC),
+    "visual": tuple(_NSD_VISUAL),
+    "eccentricity": tuple(_NSD_ECC),
+    "icgan": tuple(_GOD),
+}
+
+#: Every named ROI: NSD definitions first, then GOD ones (the first whose file exists wins).
+ROI_CATALOGUE: dict[str, tuple[RoiSpec, ...]] = {}
+for _spec in _NSD_FLOC + _NSD_VISUAL + _NSD_ECC + _GOD:
+    ROI_CATALOGUE.setdefault(_spec.name, ())
+    ROI_CATALOGUE[_spec.name] += (_spec,)
+#: Other spellings accepted for catalogue names.
+_ALIASES = {"ecc0.5": "ecc0pt5", "ecc4+": "ecc4plus", "hV4": "V4", "floc-faces": "faces", "floc-words": "words",
+            "floc-places": "places", "floc-bodies": "bodies"}
+
+
+def roi_slug(name: str) -> str:
+    """A file-name-safe version of an ROI name (letters, digits and ``.+_-`` kept, anything else -> ``_``)."""
+    slug = re.sub(r"[^A-Za-z0-9.+_-]+", "_", name).strip("_")
+    return slug or "roi"
+
+
+def is_nifti(entry: object) -> bool:
+    """Whether an ROI entry names a NIfTI file (``.nii`` or ``.nii.gz``)."""
+    text = os.fspath(entry) if isinstance(entry, (str, os.PathLike)) else ""
+    return text.endswith((".nii", ".nii.gz"))
+
+
+def nifti_mask(
+    path: str | os.PathLike,
+    voxel_ijk: np.ndarray,
+    *,
+    volume_shape: tuple[int, int, int] | None = None,
+    affine: np.ndarray | None = None,
+) -> np.ndarray:
+    """Voxel columns inside a NIfTI mask (values > 0), in the order of ``voxel_ijk``.
+
+    Parameters
+    ----------
+    path : path
+        3-D NIfTI volume on the betas' grid.
+    voxel_ijk : (n_voxels, 3) int
+        Volume indices of the betas' columns (``voxel_ijk.npy`` of the data artifact).
+    volume_shape, affine : optional
+        The betas' grid; a mask on another grid raises
+        :class:`~brainrecon.errors.ShapeMismatchError` naming the file.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_voxels,)
+    """
+    from brainrecon.data.rois import labels_at, read_roi_volume
+
+    labels, _ = read_roi_volume(path, expected_shape=volume_shape, expected_affine=affine)
+    ijk = np.asarray(voxel_ijk)
+    if ijk.ndim != 2 or ijk.shape[1] != 3:
+        raise ShapeMismatchError("voxel_ijk", "(n_voxels, 3)", ijk.shape)
+    if np.any(ijk.max(axis=0) >= np.asarray(labels.shape)):
+        raise ShapeMismatchError(
+            f"{path}: mask volume shape", f"a volume containing the betas' voxels (max index {ijk.max(axis=0).tolist()})",
+            labels.shape, hint="the mask must be on the betas' voxel grid",
+        )
+    return labels_at(labels, ijk) > 0
+
+
+def _spec_for(name: str, labels: Mapping[str, np.ndarray]) -> RoiSpec:
+    key = _ALIASES.get(name, name)
+    options = ROI_CATALOGUE.get(key)
+    if options is None:
+        raise ConfigError(
+            f"roi.rois: unknown ROI {name!r}; expected a name from {sorted(ROI_CATALOGUE)}, a set from "
+            f"{sorted(ROI_SETS)}, a label file of the data ({sorted(labels)}) or a NIfTI mask path (.nii/.nii.gz)"
+        )
+    for spec in options:
+        if spec.file in labels:
+            return spec
+    raise ConfigError(
+        f"roi.rois: ROI {name!r} needs label file {options[0].file!r}, the data has {sorted(labels)}"
+    )
+
+
+def resolve_rois(
+    entries: Sequence[str | os.PathLike | RoiSpec | Mapping],
+    labels: Mapping[str, np.ndarray],
+    *,
+    voxel_ijk: np.ndarray | None = None,
+    volume_shape: tuple[int, int, int] | None = None,
+    affine: np.ndarray | None = None,
+    restrict: np.ndarray | None = None,
+) -> tuple[list[RoiSpec], dict[str, np.ndarray]]:
+    """Turn ROI names, set names, label files, specs or NIfTI masks into boolean voxel masks.
+
+    Parameters
+    ----------
+    entries : sequence
+        Each entry is a catalogue name (``faces``, ``V1``, ``ecc2`` ...), a set name
+        (``brain_diffuser``, ``floc``, ``visual``, ``eccentricity``, ``icgan``), a label file
+        of the data (``floc-faces``: every label > 0), a NIfTI path, a :class:`RoiSpec`, or a
+        mapping ``{"name": ..., "path": ...}`` for a NIfTI mask with a chosen name.
+    labels : mapping of str to (n_voxels,) int
+        Per-voxel label arrays of the data artifact (``roi_<file>.npy``).
+    voxel_ijk, volume_shape, affine
+        Needed for NIfTI masks (see :func:`nifti_mask`).
+    restrict : (n_voxels,) bool, optional
+        Keep only these voxels (Brain-Diffuser restricts every ROI to ``nsdgeneral``).
+
+    Returns
+    -------
+    specs : list of RoiSpec
+        One per ROI, in the order given (sets expanded in place); NIfTI masks get
+        ``file=<path>`` and group ``custom``.
+    masks : dict of name to (n_voxels,) bool
+
+    Raises
+    ------
+    ConfigError
+        Unknown names, duplicate names, missing label files.
+    DataFormatError
+        An ROI with no voxel (after ``restrict``).
+    """
+    specs: list[RoiSpec] = []
+    masks: dict[str, np.ndarray] = {}
+    n_vox = None if not labels else len(next(iter(labels.values())))
+
+    def add(spec: RoiSpec, mask: np.ndarray) -> None:
+        if spec.name in masks:
+            raise ConfigError(f"roi.rois: ROI name {spec.name!r} given twice; names must be unique")
+        mask = np.asarray(mask, dtype=bool)
+        if restrict is not None:
+            mask = mask & np.asarray(restrict, dtype=bool)
+        if not mask.any():
+            raise DataFormatError(f"ROI {spec.name!r} ({spec.file}): no voxel selected (expected at least one)")
+        specs.append(spec)
+        masks[spec.name] = mask
+
+    for entry in entries:
+        if isinstance(entry, RoiSpec):
+            add(entry, entry.mask(labels))
+        elif isinstance(entry, Mapping) or is_nifti(entry):
+            if isinstance(entry, Mapping):
+                if "path" not in entry:
+                    raise ConfigError(f"roi.rois: a mapping entry needs 'path' (a NIfTI mask), got keys {sorted(entry)}")
+                path = Path(os.fspath(entry["path"])).expanduser()
+                name = str(entry.get("name") or nifti_name(path))
+            else:
+                path = Path(os.fspath(entry)).expanduser()
+                name = nifti_name(path)
+            if voxel_ijk is None:
+                raise ConfigError(
+                    f"roi.rois: NIfTI mask {str(path)!r} needs the voxel coordinates of the betas "
+                    "(voxel_ijk.npy in the data artifact; NSD and simulated data have them)"
+                )
+            mask = nifti_mask(path, voxel_ijk, volume_shape=volume_shape, affine=affine)
+            if n_vox is not None and mask.shape != (n_vox,):
+                raise ShapeMismatchError(f"{path}: voxels", n_vox, mask.shape[0])
+            add(RoiSpec(name, str(path)), mask)
+        else:
+            name = str(entry)
+            if name in ROI_SETS:
+                options = [s for s in ROI_SETS[name]]
+                missing = sorted({s.file for s in options} - set(labels))
+                if missing:
+                    raise ConfigError(f"roi.rois: ROI set {name!r} needs label files {missing}, the data has {sorted(labels)}")
+                for spec in options:
+                    add(spec, spec.mask(labels))
+            elif _ALIASES.get(name, name) in ROI_CATALOGUE:
+                spec = _spec_for(name, labels)
+                add(spec, spec.mask(labels))
+            elif name in labels:
+                spec = RoiSpec(name, name)
+                add(spec, spec.mask(labels))
+            else:
+                _spec_for(name, labels)  # raises with the list of valid names
+    if not specs:
+        raise ConfigError("roi.rois: expected at least one ROI, got none")
+    return specs, masks
+
+
+def nifti_name(path: Path) -> str:
+    """The file name of a NIfTI mask without ``.nii``/``.nii.gz`` (the ROI's default name)."""
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def synthetic_patterns(
+    masks: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    value: float = 1.0,
+    restrict: np.ndarray | None = None,
+) -> np.ndarray:
+    """The reference's synthetic fMRI patterns, one row per ROI: ``value`` inside, 0 outside.
+
+    Parameters
+    ----------
+    masks : mapping of name to (n_voxels,) bool, or a sequence of masks
+    value : float
+        Activation of the ROI's voxels in z-scored units (Brain-Diffuser and IC-GAN: 1).
+    restrict : (n_voxels,) bool, optional
+        Voxels outside it are 0 (Brain-Diffuser: ``nsdgeneral``, i.e. every column of the betas).
+
+    Returns
+    -------
+    ndarray of float32, shape (n_rois, n_voxels)
+    """
+    rows = list(masks.values()) if isinstance(masks, Mapping) else list(masks)
+    if not rows:
+        raise ConfigError("synthetic_patterns: expected at least one mask, got none")
+    shapes = {np.asarray(m).shape for m in rows}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ShapeMismatchError("ROI masks", "1-D masks of one length (n_voxels,)", sorted(shapes))
+    Q = np.stack([np.asarray(m, dtype=bool) for m in rows]).astype(np.float32) * np.float32(value)
+    if restrict is not None:
+        restrict = np.asarray(restrict, dtype=bool)
+        if restrict.shape != (Q.shape[1],):
+            raise ShapeMismatchError("restrict mask", (Q.shape[1],), restrict.shape)
+        Q[:, ~restrict] = 0.0
+    return Q

@@ -1,0 +1,143 @@
+"""The roi stage: ROI-optimal images of a run, scored in closed loop (:mod:`brainrecon.roi`).
+
+Reads the data artifact and the extract and fit artifacts of every latent space (and, for the
+generator check, the generate artifacts' ``ceiling`` images), and writes an
+:class:`~brainrecon.roi.explore.RoiExploration`: ``masks.npy``, ``latents/``, ``images/``
+(``.npy`` and one PNG per ROI), ``closed_loop_<model>.json/.csv``, ``energy.json``,
+``weights.json``, ``summary.json`` and ``figures/*.png``.
+
+It is the last stage of :data:`brainrecon.stages.pipeline.STAGE_ORDER` and runs only when asked
+(``until=roi``, or ``python -m pipelines.explore_roi``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from brainrecon.errors import ConfigError
+from brainrecon.stages.base import Artifact, RunContext, Stage
+
+#: Parameters of the roi stage (conf/roi/default.yaml documents them) and their defaults.
+ROI_DEFAULTS: dict[str, Any] = {
+    "rois": ["auto"],
+    "scaling": {},
+    "value": 1.0,
+    "models": "auto",
+    "clip_weights": "bundled:clip_small",
+    "readout_kernel": "rbf",
+    "stimulus_deg": 8.4,
+    "weights": True,
+    "semantic_pair": "auto",
+    "ceiling_check": True,
+    "decode_seed": None,
+}
+
+
+def roi_entries(rois: Any) -> list[Any]:
+    """ROI entries with NIfTI paths turned into ``{"name", "path"}`` (absolute; the path is not hashed)."""
+    from brainrecon.roi.masks import is_nifti, nifti_name
+
+    if isinstance(rois, (str, os.PathLike)):
+        rois = [rois]
+    out: list[Any] = []
+    for e in rois or []:
+        if isinstance(e, Mapping):
+            if "path" not in e:
+                raise ConfigError(f"roi.rois: a mapping entry needs 'path' (a NIfTI mask), got keys {sorted(e)}")
+            p = Path(os.fspath(e["path"])).expanduser().resolve()
+            out.append({"name": str(e.get("name") or nifti_name(p)), "path": str(p)})
+        elif is_nifti(e):
+            p = Path(os.fspath(e)).expanduser().resolve()
+            out.append({"name": nifti_name(p), "path": str(p)})
+        else:
+            out.append(str(e))
+    return out
+
+
+class RoiStage(Stage):
+    """ROI-optimal synthesis, closed loop, energy and weight analyses of one subject's run.
+
+    Parameters (``params``)
+    -----------------------
+    rois : list
+        ROI names, set names (``brain_diffuser``, ``icgan``...), label files or NIfTI masks;
+        ``["auto"]`` picks the reference set of the data.
+    scaling : dict
+        Per-target overrides of the scaling (``{vdvae: {z: {norm: 80}}}``).
+    value, models, clip_weights, readout_kernel, stimulus_deg, weights, semantic_pair
+        See :func:`brainrecon.roi.explore.explore_rois`.
+    ceiling_check : bool
+        Also read the semantic estimator on each space's ``ceiling`` images (test stimuli
+        decoded from their true latents): can the generator show each category at all?
+    decode_seed : int, optional
+        Seed of the decoders' sampling (default: the experiment's ``seed``); another value gives
+        another sample of the same ROI-optimal latents without touching the upstream stages.
+    seed : int
+    chains : dict
+        ``generate.init_from``.
+    """
+
+    name = "roi"
+    version = 1
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Content digests of NIfTI masks (their paths are not hashed)."""
+        from brainrecon.fingerprint import path_fingerprint
+
+        masks = {e["name"]: path_fingerprint(e["path"]) for e in self.params.get("rois", []) if isinstance(e, Mapping)}
+        return {"masks": masks} if masks else {}
+
+    def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
+        from brainrecon.roi.explore import explore_rois
+
+        spaces = ctx.resources.get("spaces")
+        if not spaces:
+            raise ConfigError("roi stage: resources['spaces'] must hold the built latent spaces")
+        p = {**ROI_DEFAULTS, **self.params}
+        fits = {k.split("/", 1)[1]: a for k, a in inputs.items() if k.startswith("fit/")}
+        extracts = {k.split("/", 1)[1]: a for k, a in inputs.items() if k.startswith("extract/")}
+        ceilings = {}
+        if p["ceiling_check"]:
+            for k, a in inputs.items():
+                if k.startswith("generate/") and "ceiling" in a.summary.get("kinds", []):
+                    ceilings[k.split("/", 1)[1]] = a.array("ceiling")
+        exploration = explore_rois(
+            inputs["data"], fits, extracts, {s: spaces[s] for s in fits},
+            rois=p["rois"], scaling=p["scaling"], init_from=p.get("chains") or {},
+            seed=int(p["decode_seed"] if p["decode_seed"] is not None else p.get("seed", 0)),
+            value=float(p["value"]), models=p["models"], clip_path=str(p["clip_weights"]),
+            readout_kernel=str(p["readout_kernel"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
+            semantic_pair=p["semantic_pair"], device=str(ctx.resources.get("device", "cpu")),
+            ceilings=ceilings or None, progress=ctx.progress,
+        )
+        exploration.save(ctx.out)
+        return exploration.summary()
+
+
+def build_roi_stage(
+    cfg_roi: Mapping[str, Any],
+    stages: Mapping[str, Stage],
+    spaces: Mapping[str, Any],
+    *,
+    scope: str,
+    seed: int,
+    chains: Mapping[str, str],
+    resources: Mapping[str, Any],
+) -> RoiStage:
+    """The roi stage of an experiment, wired to its data, extract, fit (and generate) stages."""
+    params = {**ROI_DEFAULTS, **dict(cfg_roi or {})}
+    unknown = sorted(set(params) - set(ROI_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"roi: unknown parameter(s) {unknown}; expected names from {sorted(ROI_DEFAULTS)}")
+    params["rois"] = roi_entries(params["rois"])
+    params.update({"seed": int(seed), "chains": dict(chains)})
+    up: dict[str, Stage] = {"data": stages["data"]}
+    for name in spaces:
+        up[f"fit/{name}"] = stages[f"fit/{name}"]
+        up[f"extract/{name}"] = stages[f"extract/{name}"]
+        if params["ceiling_check"]:
+            up[f"generate/{name}"] = stages[f"generate/{name}"]
+    return RoiStage(params, up, scope=scope, resources={**resources, "spaces": dict(spaces)})

@@ -1,0 +1,361 @@
+"""brainrecon.roi: ROI catalogue, ROI-optimal latents, closed loop, energy and weight analyses (unit level)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from brainrecon.decoding.ridge import RidgeDecoder
+from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
+from brainrecon.roi.closed_loop import ClosedLoopResult, KernelRidgeReadout, closed_loop, percentile_of, roi_means
+from brainrecon.roi.energy import energy_analysis, ordering, prf_coverage, ring_profile
+from brainrecon.roi.explore import RoiExploration, chain_order
+from brainrecon.roi.masks import ROI_SETS, RoiSpec, nifti_mask, resolve_rois, synthetic_patterns
+from brainrecon.roi.synthesis import (
+    PUBLISHED_SCALING,
+    RoiScaling,
+    TargetStats,
+    decoder_intercept,
+    default_scaling,
+    resolve_scalings,
+    roi_latents,
+)
+from brainrecon.roi.weights import across_subjects, percentile_ranks, voxel_weight_norms, weight_analysis
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def nsd_labels():
+    """Per-voxel NSD label files for 60 voxels: floc blobs, retinotopy and eccentricity bands."""
+    n = 60
+    lab = {name: np.zeros(n, dtype=np.int32) for name in
+           ("nsdgeneral", "prf-visualrois", "prf-eccrois", "floc-faces", "floc-words", "floc-places", "floc-bodies")}
+    lab["nsdgeneral"][:] = 1
+    lab["nsdgeneral"][-2:] = 0  # two voxels outside nsdgeneral
+    lab["prf-visualrois"][:28] = np.repeat(np.arange(1, 8), 4)
+    lab["prf-eccrois"][:25] = np.repeat(np.arange(1, 6), 5)
+    lab["floc-faces"][30:36] = [1, 2, 2, 3, 4, 5]
+    lab["floc-faces"][0] = -1  # NSD: negative = outside the brain, never selected
+    lab["floc-words"][36:40] = 1
+    lab["floc-places"][40:46] = 2
+    lab["floc-bodies"][46:52] = 1
+    lab["floc-bodies"][58] = 1  # outside nsdgeneral
+    return lab
+
+
+@pytest.fixture(scope="module")
+def ridge():
+    """A small fitted decoder (dual form: more voxels than samples) and its data."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 60)).astype(np.float32)
+    Y = (X[:, :6] @ rng.normal(size=(6, 12)) + 0.1 * rng.normal(size=(40, 12))).astype(np.float32) + 3.0
+    return RidgeDecoder([1.0, 10.0, 100.0]).fit(X, Y), X, Y
+
+
+# ------------------------------------------------------------------------------ masks
+def test_brain_diffuser_set_reads_v1_to_v4_from_visualrois_not_floc(nsd_labels):
+    specs, masks = resolve_rois(["brain_diffuser"], nsd_labels)
+    assert [s.name for s in specs] == ["faces", "words", "places", "bodies", "V1", "V2", "V3", "V4",
+                                      "ecc0pt5", "ecc1", "ecc2", "ecc4", "ecc4plus"]
+    vis = nsd_labels["prf-visualrois"]
+    np.testing.assert_array_equal(masks["V1"], np.isin(vis, (1, 2)))  # bug B1: the reference used floc-faces here
+    np.testing.assert_array_equal(masks["V4"], vis == 7)
+    np.testing.assert_array_equal(masks["ecc4plus"], nsd_labels["prf-eccrois"] == 5)
+    assert masks["faces"].sum() == 6 and not masks["faces"][0]  # label -1 is not in the ROI
+    assert {s.group for s in specs} == {"category", "visual", "eccentricity"}
+
+
+def test_resolve_rois_names_files_aliases_and_restrict(nsd_labels):
+    restrict = nsd_labels["nsdgeneral"] > 0
+    specs, masks = resolve_rois(["bodies", "floc-words", "ecc0.5", "prf-eccrois"], nsd_labels, restrict=restrict)
+    assert [s.name for s in specs] == ["bodies", "words", "ecc0pt5", "prf-eccrois"]
+    assert masks["bodies"].sum() == 6  # the voxel outside nsdgeneral is dropped
+    assert masks["prf-eccrois"].sum() == 25  # a label file: every label > 0
+    with pytest.raises(ConfigError, match="unknown ROI 'FFA-9'"):
+        resolve_rois(["FFA-9"], nsd_labels)
+    with pytest.raises(ConfigError, match="given twice"):
+        resolve_rois(["faces", "floc-faces"], nsd_labels)
+    with pytest.raises(ConfigError, match="needs label file"):
+        resolve_rois(["icgan"], nsd_labels)
+    empty = {**nsd_labels, "floc-words": np.zeros(60, np.int32)}
+    with pytest.raises(DataFormatError, match="'words'.*no voxel"):
+        resolve_rois(["words"], empty)
+
+
+def test_god_set_removes_loc_ffa_overlap():
+    n = 20
+    flags = {k: np.zeros(n, np.int8) for k in ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "VC")}
+    for k, sl in (("V1", slice(0, 3)), ("V2", slice(3, 6)), ("V3", slice(6, 9)), ("V4", slice(9, 11)),
+                  ("LOC", slice(11, 16)), ("FFA", slice(14, 18)), ("PPA", slice(18, 20))):
+        flags[k][sl] = 1
+    specs, masks = resolve_rois(["icgan"], flags)
+    assert [s.name for s in specs] == ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA"]
+    assert np.flatnonzero(masks["LOC"]).tolist() == [11, 12, 13]
+    assert np.flatnonzero(masks["FFA"]).tolist() == [16, 17]
+    assert [s.name for s in ROI_SETS["icgan"]] == [s.name for s in specs]
+
+
+def test_nifti_mask_maps_volume_onto_voxel_columns(tmp_path, nsd_labels):
+    nib = pytest.importorskip("nibabel")
+    shape = (4, 5, 3)
+    ijk = np.array([[0, 0, 0], [1, 2, 1], [3, 4, 2], [2, 2, 2]])
+    vol = np.zeros(shape, np.int16)
+    vol[1, 2, 1] = 1
+    vol[3, 4, 2] = 3
+    path = tmp_path / "my_roi.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+    np.testing.assert_array_equal(nifti_mask(path, ijk, volume_shape=shape), [False, True, True, False])
+    with pytest.raises(ShapeMismatchError):
+        nifti_mask(path, ijk, volume_shape=(5, 5, 3))
+    labels = {"nsdgeneral": np.ones(4, np.int32)}
+    specs, masks = resolve_rois([str(path), {"name": "mine", "path": str(path)}], labels, voxel_ijk=ijk, volume_shape=shape)
+    assert [s.name for s in specs] == ["my_roi", "mine"] and specs[0].group == "custom"
+    with pytest.raises(ConfigError, match="voxel coordinates"):
+        resolve_rois([str(path)], labels)
+
+
+def test_synthetic_patterns_are_one_inside_zero_outside(nsd_labels):
+    _, masks = resolve_rois(["faces", "V1"], nsd_labels)
+    restrict = np.ones(60, bool)
+    restrict[31] = False
+    Q = synthetic_patterns(masks, restrict=restrict)
+    assert Q.shape == (2, 60) and Q.dtype == np.float32
+    expected = masks["faces"].astype(np.float32)
+    expected[31] = 0
+    np.testing.assert_array_equal(Q[0], expected)
+    np.testing.assert_array_equal(synthetic_patterns(masks, value=2.0)[1], 2.0 * masks["V1"])
+
+
+# ------------------------------------------------------------------------------ scaling
+def test_published_constants_and_their_transfer():
+    assert PUBLISHED_SCALING["vdvae.z"] == RoiScaling("paper_vdvae", 50.0, 80.0, source=PUBLISHED_SCALING["vdvae.z"].source)
+    assert default_scaling("versatile.clip_text", (77, 768)).scale == 9.0
+    assert default_scaling("versatile.clip_vision", (257, 768)).scale == 15.0
+    assert default_scaling("vdvae.z", (91168,)).norm == 80.0
+    assert default_scaling("versatile.clip_text", (24, 64)).scale == pytest.approx(9 * np.sqrt(24 / 77))
+    assert default_scaling("versatile.clip_vision", (65, 64)).scale == pytest.approx(15 * np.sqrt(65 / 257))
+    assert default_scaling("vdvae.z", (8072,)).norm == pytest.approx(80 * np.sqrt(8072 / 91168))
+    assert default_scaling("icgan.instance", (2048,)).method == "icgan_instance"
+    assert default_scaling("icgan.dense", (1536, 4, 4)).method == "affine"
+    assert default_scaling("pixels.z", (3, 8, 8)).method == "train_norm"
+
+
+def test_resolve_scalings_overrides():
+    shapes = {"vdvae.z": (8072,), "versatile.clip_text": (24, 64)}
+    out = resolve_scalings(shapes, {"vdvae": {"z": {"method": "unit", "scale": 3}}, "versatile.clip_text": {"scale": 2.0}})
+    assert out["vdvae.z"].method == "unit" and out["vdvae.z"].scale == 3.0 and out["vdvae.z"].source == "user"
+    assert out["versatile.clip_text"].scale == 2.0 and out["versatile.clip_text"].method == "unit"
+    # a new method starts from its own defaults, not from the constants of the scheme it replaces
+    tn = resolve_scalings(shapes, {"vdvae.z": {"method": "train_norm"}})["vdvae.z"]
+    assert (tn.method, tn.scale, tn.norm) == ("train_norm", 1.0, None)
+    with pytest.raises(ConfigError, match="norm"):
+        resolve_scalings({"pixels.z": (3, 8, 8)}, {"pixels.z": {"method": "paper_vdvae"}})
+    with pytest.raises(ConfigError, match="unknown target"):
+        resolve_scalings(shapes, {"icgan.noise": {"scale": 1}})
+    with pytest.raises(ConfigError, match="unknown field"):
+        resolve_scalings(shapes, {"vdvae.z": {"scael": 1}})
+    with pytest.raises(ConfigError, match="method"):
+        RoiScaling("magic")
+
+
+def test_roi_latents_follow_each_scheme(ridge):
+    dec, X, Y = ridge
+    rng = np.random.default_rng(1)
+    Q = (rng.random((3, 60)) < 0.2).astype(np.float32)
+    W = dec.coef_.astype(np.float64)
+    b = decoder_intercept(dec)
+    np.testing.assert_allclose(b, dec.predict(np.zeros((1, 60), np.float32))[0], rtol=1e-5)
+    raw = Q @ W
+    stats = TargetStats.from_latents(Y)
+    np.testing.assert_allclose(stats.mean, Y.mean(0), rtol=1e-5)
+    aff = roi_latents(dec, Q, RoiScaling("affine"))
+    np.testing.assert_allclose(aff, raw + b, rtol=1e-4, atol=1e-4)
+    uni = roi_latents(dec, Q, RoiScaling("unit", 9.0))
+    np.testing.assert_allclose(np.linalg.norm(uni - b, axis=1), 9.0, rtol=1e-4)
+    np.testing.assert_allclose((uni - b) / 9.0, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    inst = roi_latents(dec, Q, RoiScaling("icgan_instance"))
+    np.testing.assert_allclose(np.linalg.norm(inst, axis=1), 1.0, rtol=1e-5)
+    tn = roi_latents(dec, Q, RoiScaling("train_norm", 2.0), stats=stats)
+    np.testing.assert_allclose(np.linalg.norm(tn - b, axis=1), 2.0 * stats.median_centred_norm, rtol=1e-4)
+    pv = roi_latents(dec, Q, RoiScaling("paper_vdvae", 50.0, 7.0), stats=stats)
+    np.testing.assert_allclose(np.linalg.norm(pv, axis=1), 7.0, rtol=1e-4)
+    # reference: unit * 50 + b, z-score across ROIs, map to train mean/std, unit * norm
+    v = raw / np.linalg.norm(raw, axis=1, keepdims=True) * 50 + b
+    v = (v - v.mean(0)) / v.std(0) * Y.std(0) + Y.mean(0)
+    np.testing.assert_allclose(pv, v / np.linalg.norm(v, axis=1, keepdims=True) * 7.0, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ConfigError, match="at least 2 ROIs"):
+        roi_latents(dec, Q[:1], RoiScaling("paper_vdvae", 50.0, 7.0), stats=stats)
+    with pytest.raises(ConfigError, match="statistics"):
+        roi_latents(dec, Q, RoiScaling("train_norm"))
+    with pytest.raises(DataFormatError, match="projects to nothing"):
+        roi_latents(dec, np.zeros((2, 60), np.float32), RoiScaling("unit", 1.0), roi_names=["a", "b"])
+
+
+# ------------------------------------------------------------------------------ closed loop
+class _QuadrantModel:
+    """Voxel v responds to the mean intensity of quadrant v % 4 (a toy encoding model)."""
+
+    description = "toy quadrant model"
+
+    def predict(self, images):
+        x = np.asarray(images, np.float64).mean(-1) / 255.0
+        h = x.shape[1] // 2
+        q = np.stack([x[:, :h, :h].mean((1, 2)), x[:, :h, h:].mean((1, 2)), x[:, h:, :h].mean((1, 2)),
+                      x[:, h:, h:].mean((1, 2))], 1)
+        return np.repeat(q, 3, axis=1)  # 12 voxels, voxels 0-2 -> quadrant 0 ...
+
+
+def _quadrant_images(rng, n):
+    return rng.integers(60, 180, size=(n, 8, 8, 3)).astype(np.uint8)
+
+
+def test_closed_loop_table_and_acceptance():
+    rng = np.random.default_rng(0)
+    masks = {f"q{k}": np.arange(12) // 3 == k for k in range(4)}
+    roi_imgs = np.full((4, 8, 8, 3), 100, np.uint8)
+    for k in range(4):  # each ROI image brightens its own quadrant
+        r, c = divmod(k, 2)
+        roi_imgs[k, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] = 250
+    roi_imgs[3] = 100  # ... except the last, which is flat
+    res = closed_loop(_QuadrantModel(), {"toy": roi_imgs}, masks, {k: "category" for k in masks},
+                      natural_train=_quadrant_images(rng, 50), natural_test=_quadrant_images(rng, 40))
+    rows = {r["roi"]: r for r in res.table("toy")}
+    assert rows["q0"]["selective"] and rows["q0"]["percentile"] == 100.0 and rows["q0"]["specific"]
+    assert not rows["q3"]["selective"] and rows["q3"]["percentile"] < 90
+    acc = res.acceptance("toy")
+    assert acc["per_roi"] == {"q0": True, "q1": True, "q2": True, "q3": False} and not acc["passed"]
+    again = ClosedLoopResult.from_json(json.loads(json.dumps(res.to_json())))
+    np.testing.assert_allclose(again.responses["toy"], res.responses["toy"])
+    assert "q0" in res.format_table("toy")
+
+
+def test_percentile_and_roi_means():
+    assert percentile_of(5.0, np.array([1.0, 5.0, 9.0, 2.0])) == pytest.approx(62.5)
+    Z = np.arange(12, dtype=float).reshape(2, 6)
+    out = roi_means(Z, {"a": np.array([1, 1, 0, 0, 0, 0], bool), "b": np.array([0, 0, 0, 0, 1, 1], bool)})
+    np.testing.assert_allclose(out, [[0.5, 4.5], [6.5, 10.5]])
+
+
+def test_kernel_ridge_readout_recovers_a_smooth_function():
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(300, 5))
+    Y = np.stack([np.maximum(F[:, 0], 0) + 0.5 * F[:, 1] ** 2, np.sin(F[:, 2])], 1) + 0.05 * rng.normal(size=(300, 2))
+    rbf = KernelRidgeReadout(nonnegative=False).fit(F[:200], Y[:200])
+    lin = KernelRidgeReadout("linear", nonnegative=False).fit(F[:200], Y[:200])
+    err_rbf = ((rbf.predict(F[200:]) - Y[200:]) ** 2).mean()
+    err_lin = ((lin.predict(F[200:]) - Y[200:]) ** 2).mean()
+    assert err_rbf < 0.5 * err_lin
+    assert min(rbf.cv_scores_.values()) == rbf.loo_mse_
+    assert (KernelRidgeReadout().fit(F[:200], Y[:200]).predict(F[200:]) >= 0).all()
+    with pytest.raises(ConfigError):
+        KernelRidgeReadout("poly")
+    with pytest.raises(ShapeMismatchError):
+        rbf.predict(F[:, :3])
+
+
+# ------------------------------------------------------------------------------ energy
+def test_ring_profile_and_preferred_eccentricity_follow_a_ring():
+    size, deg = 128, 8.4
+    c = ((np.arange(size) + 0.5) / size - 0.5) * deg
+    ecc = np.hypot(c[None, :], c[:, None])
+    base = np.full((1, 3, size, size), 0.5, np.float32)
+    imgs = np.repeat(base, 3, axis=0)
+    for k, (lo, hi) in enumerate(((0.0, 0.5), (1.0, 2.0), (2.5, 4.0))):
+        imgs[k, :, (ecc >= lo) & (ecc < hi)] = 0.9
+    res = energy_analysis(imgs, base, ["a", "b", "c"], stimulus_deg=deg)
+    assert res.profile.argmax(1).tolist() == [0, 2, 3]
+    assert ordering(res.preferred_ecc)["strictly_increasing"]
+    prof = ring_profile(np.ones((1, size, size)), deg)
+    np.testing.assert_allclose(prof, 1.0)
+    # a pRF blob correlates with an energy blob at the same place
+    cov = prf_coverage(np.array([1.5]), np.array([1.0]), np.array([0.5]), size, deg)
+    assert np.unravel_index(cov.argmax(), cov.shape) == (np.argmin(np.abs(-c - 1.0)), np.argmin(np.abs(c - 1.5)))
+
+
+# ------------------------------------------------------------------------------ weights
+def test_voxel_weight_norms_and_semantic_index(ridge):
+    dec, X, Y = ridge
+    norms = voxel_weight_norms(dec, chunk=7)
+    np.testing.assert_allclose(norms, np.abs(dec.coef_).sum(1), rtol=1e-4)
+    pct = percentile_ranks(np.array([3.0, 1.0, 2.0, 2.0]))
+    np.testing.assert_allclose(pct, [100.0, 25.0, 62.5, 62.5])
+    masks = {"a": np.arange(60) < 6, "b": np.arange(60) >= 6}
+    dec2 = RidgeDecoder(10.0).fit(X, np.ascontiguousarray(X[:, 30:33] * 2.0))  # leans on voxels 30-32 only
+    wa = weight_analysis({"sem.t": dec, "low.t": dec2}, masks, semantic_pair=("sem.t", "low.t"))
+    assert wa.percentiles["sem.t"]["a"] > wa.percentiles["sem.t"]["b"]  # Y depends on voxels 0-5
+    assert wa.semantic_index["a"] == pytest.approx(wa.percentiles["sem.t"]["a"] - wa.percentiles["low.t"]["a"])
+    assert weight_analysis({"sem.t": dec}, masks).semantic_index is None
+
+
+def test_across_subjects_welch():
+    from scipy.stats import ttest_ind
+
+    vals = [{"A": 1.0 + d, "B": 0.0 - d, "C": 0.5 + d * d} for d in (0.0, 0.1, -0.1, 0.2, 0.05)]
+    out = across_subjects(vals)
+    assert out["n_subjects"] == 5 and out["mean"]["A"] == pytest.approx(1.05)
+    ref = ttest_ind([v["A"] for v in vals], [v["B"] for v in vals], equal_var=False)
+    assert out["tests"]["A vs B"]["p"] == pytest.approx(ref.pvalue) and out["tests"]["A vs B"]["significant"]
+    from brainrecon.roi.explore import weights_across_subjects
+    from brainrecon.roi.weights import WeightAnalysis
+
+    subjects = []
+    for n, v in enumerate(vals):
+        low = {k: 50.0 + n * (j + 1) for j, k in enumerate(v)}
+        wa = WeightAnalysis(list(v), {"sem.t": dict(v), "low.t": low}, ("sem.t", "low.t"), dict(v))
+        subjects.append(RoiExploration([], np.zeros((0, 1), bool), {}, {}, {}, {}, weights=wa))
+    agg = weights_across_subjects(subjects)
+    assert agg["n_subjects"] == 5 and agg["semantic_index"]["tests"]["A vs B"]["p"] == pytest.approx(ref.pvalue)
+    one = across_subjects(vals[:1])
+    assert np.isnan(one["sem"]["A"]) and one["tests"] == {}
+    with pytest.raises(ShapeMismatchError):
+        across_subjects([{"A": 1.0}, {"B": 1.0}])
+
+
+# ------------------------------------------------------------------------------ exploration container, stage
+def test_exploration_save_load_roundtrip(tmp_path, nsd_labels):
+    specs, masks = resolve_rois(["faces", "ecc0pt5", "ecc1"], nsd_labels)
+    rng = np.random.default_rng(0)
+    imgs = {"toy": rng.integers(0, 255, (3, 16, 16, 3)).astype(np.uint8)}
+    base = {"toy": np.full((1, 16, 16, 3), 128, np.uint8)}
+    ex = RoiExploration(specs, np.stack(list(masks.values())), {"toy.z": RoiScaling("unit", 2.0)},
+                        {"toy": {"z": rng.normal(size=(3, 4)).astype(np.float32)}}, imgs, base)
+    from brainrecon.images import to_float_chw
+
+    ex.energy["toy"] = energy_analysis(to_float_chw(imgs["toy"]), to_float_chw(base["toy"]), ex.rois,
+                                       nominal_ranges={s.name: s.ecc_range for s in specs if s.ecc_range})
+    ex.save(tmp_path / "ex", figures=True)
+    back = RoiExploration.load(tmp_path / "ex")
+    assert back.rois == ex.rois and back.specs[1].ecc_range == (0.0, 0.5)
+    np.testing.assert_array_equal(back.images["toy"], imgs["toy"])
+    assert back.eccentricity_ordering("toy")["rois"] == ["ecc0pt5", "ecc1"]
+    assert (tmp_path / "ex" / "images" / "toy" / "00_faces.png").is_file()
+    assert (tmp_path / "ex" / "figures" / "roi_images.png").is_file()
+    assert "toy.z" in back.report_text()
+
+
+def test_chain_order():
+    assert chain_order(["versatile", "pixels", "vdvae"], {"versatile": "vdvae"}) == ["pixels", "vdvae", "versatile"]
+    with pytest.raises(ConfigError, match="cycle"):
+        chain_order(["a", "b"], {"a": "b", "b": "a"})
+
+
+def test_roi_stage_is_registered_and_hashes_mask_content(tmp_path):
+    from brainrecon.latents.pixels import PixelSpace
+    from brainrecon.stages.pipeline import STAGE_ORDER, build_stages
+
+    assert STAGE_ORDER[-1] == "roi"
+    mask = tmp_path / "m.nii.gz"
+    mask.write_bytes(b"first")
+    cfg = {"name": "toy", "subject": 1, "data": {"source": "toy"}, "latents": {"pixels": {}},
+           "roi": {"rois": ["faces", str(mask)]}}
+    stage = build_stages(cfg, {"pixels": PixelSpace(8, 4)})["roi"]
+    assert set(stage.upstream) == {"data", "fit/pixels", "extract/pixels", "generate/pixels"}
+    assert stage.params["rois"][1] == {"name": "m", "path": str(mask.resolve())}
+    key = stage.key()
+    mask.write_bytes(b"second")  # same path, new content: new key
+    assert build_stages(cfg, {"pixels": PixelSpace(8, 4)})["roi"].key() != key
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        build_stages({**cfg, "roi": {"roiz": []}}, {"pixels": PixelSpace(8, 4)})
+    assert isinstance(RoiSpec("x", "f"), RoiSpec)
