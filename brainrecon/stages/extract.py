@@ -42,6 +42,24 @@ class ExtractStage(Stage):
     name = "extract"
     version = 1
 
+    def key(self) -> str:
+        """Cache key without the settings the space declares decode-only (``decode_params``).
+
+        Changing how predicted latents become images (e.g. IC-GAN's ``decode_from``) must not
+        redo an expensive encoding (IC-GAN inverts every stimulus); the generate stage hashes
+        the full space configuration instead, so its images still follow those settings.
+        """
+        decode_only = set(getattr(self.resources.get("space"), "decode_params", ()) or ())
+        space_cfg = self.params.get("space")
+        if not decode_only or not isinstance(space_cfg, Mapping):
+            return super().key()
+        saved = self.params
+        try:
+            self.params = {**saved, "space": {k: v for k, v in space_cfg.items() if k not in decode_only}}
+            return super().key()
+        finally:
+            self.params = saved
+
     def fingerprint(self) -> dict[str, Any]:
         """The space's own identity (e.g. a digest of its weights), when it offers one."""
         fp = getattr(self.resources.get("space"), "fingerprint", None)

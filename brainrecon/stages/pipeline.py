@@ -138,7 +138,12 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
         up: dict[str, Stage] = {"extract": ex, "predict": pred}
         if name in init_from:
             up["init"] = stages[f"generate/{init_from[name]}"]
-        gen = GenerateStage({"seed": seed, **gen_cfg}, up, scope=scope, resources=res, label=f"generate/{name}")
+        gen_params: dict[str, Any] = {"seed": seed, **gen_cfg}
+        decode_only = tuple(getattr(space, "decode_params", ()) or ())
+        if decode_only:
+            # The extract key leaves these out (see ExtractStage.key), so the images must key on them.
+            gen_params["decode"] = {k: space_cfg[k] for k in decode_only if k in space_cfg}
+        gen = GenerateStage(gen_params, up, scope=scope, resources=res, label=f"generate/{name}")
         stages.update({f"extract/{name}": ex, f"fit/{name}": fit, f"predict/{name}": pred, f"generate/{name}": gen})
     ev_up: dict[str, Stage] = {"data": data}
     for name in spaces:

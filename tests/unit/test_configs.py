@@ -121,3 +121,21 @@ def test_cli_missing_data_file_names_the_path(tmp_path):
     assert out.returncode == 2
     assert f"{tmp_path}/nope.npz" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_decode_only_settings_keep_the_extract_cache_but_not_the_images(tmp_path, monkeypatch):
+    # IC-GAN's extract stage inverts every stimulus (minutes); switching how predictions are
+    # decoded must reuse it, while the generated images must follow the new setting.
+    monkeypatch.setenv("BRAINRECON_ARTIFACTS", str(tmp_path))
+
+    def keys(*overrides: str) -> dict[str, str]:
+        cfg = _compose(["experiment=icgan_sim", *overrides])
+        return {n: s.key() for n, s in build_stages(to_plain(cfg), build_spaces(cfg)).items()}
+
+    base = keys()
+    other = keys("latents.icgan.decode_from=instance_noise")
+    assert other["extract/icgan"] == base["extract/icgan"]
+    assert other["fit/icgan"] == base["fit/icgan"] and other["predict/icgan"] == base["predict/icgan"]
+    assert other["generate/icgan"] != base["generate/icgan"]
+    # a setting of the encoding still invalidates the extract stage
+    assert keys("latents.icgan.inversion.steps=11")["extract/icgan"] != base["extract/icgan"]

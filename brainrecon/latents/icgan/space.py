@@ -193,6 +193,10 @@ class ICGANSpace:
         (default); injectable so that tests can use a fast stand-in.
     """
 
+    #: Settings used only by ``decode``: left out of the extract cache key (see ExtractStage.key).
+    decode_params: tuple[str, ...] = ("decode_from", "truncation")
+
+
     name = "icgan"
 
     def __init__(
