@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from brainrecon.errors import DataFormatError, MissingWeightsError
+from brainrecon.errors import DataFormatError
+from brainrecon.latents import state_dict as shared
 from brainrecon.latents.bigbigan.config import (
     ENCODER_FILE,
     GENERATOR_FILE,
@@ -67,6 +68,8 @@ _IGNORABLE_SUFFIX = ".sv0"
 def read_state_dict(path: str | os.PathLike, what: str = "BigBiGAN", hint: str = "") -> dict[str, torch.Tensor]:
     """Load a flat mapping of names to tensors from a torch file or ``.safetensors``.
 
+    Keys are kept as written: the converted layouts never carry a ``module.`` prefix.
+
     Raises
     ------
     MissingWeightsError
@@ -74,25 +77,7 @@ def read_state_dict(path: str | os.PathLike, what: str = "BigBiGAN", hint: str =
     DataFormatError
         The file is not a plain state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(path, what, hint)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            sd: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise DataFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for corrupt or object-pickling files
-            raise DataFormatError(f"{path}: not a plain torch state dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DataFormatError(f"{path}: expected a mapping of parameter names to tensors")
-    return dict(sd)
+    return shared.read_state_dict(path, what, hint)
 
 
 def check_state_dict(
@@ -105,28 +90,29 @@ def check_state_dict(
     DataFormatError
         Missing keys, unexpected keys and keys of another shape, each with expected vs got.
     """
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in sd.items()}
+    want = model.state_dict()
+    # sv0 is tolerated only where it can be BigGAN-PyTorch's log: shape (1,), beside an SN layer's u0.
     ignorable = {
-        k for k, s in got.items()
-        if k.endswith(_IGNORABLE_SUFFIX) and s == (1,) and k[: -len(_IGNORABLE_SUFFIX)] + ".u0" in want
+        k for k, v in sd.items()
+        if k.endswith(_IGNORABLE_SUFFIX) and tuple(v.shape) == (1,) and k[: -len(_IGNORABLE_SUFFIX)] + ".u0" in want
     }
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want) - ignorable)
-    wrong = [f"{k}: expected {want[k]}, got {got[k]}" for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(f'{k} {want[k]}' for k in missing[:3])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(f'{k} {got[k]}' for k in unexpected[:3])})")
-    if wrong:
-        problems.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
-    if problems:
+    mismatch = shared.compare_state_dict(sd, model, ignorable=ignorable)
+    if mismatch:
         raise DataFormatError(
-            f"{source}: parameters do not match the {what} architecture: " + "; ".join(problems)
+            f"{source}: parameters do not match the {what} architecture: " + _describe(mismatch)
             + " (is the config the one these weights belong to? see docs/bigbigan.md for the layout)"
         )
     return {k: v for k, v in sd.items() if k not in ignorable}
+
+
+def _describe(mismatch: shared.StateDictMismatch) -> str:
+    """This module's message layout: sorted keys, three examples of each kind (tests quote it)."""
+    kinds = [
+        ("missing", [f"{k} {w}" for k, w in sorted(mismatch.missing)], ", "),
+        ("unexpected", [f"{k} {g}" for k, g in sorted(mismatch.unexpected)], ", "),
+        ("with other shapes", [f"{k}: expected {w}, got {g}" for k, w, g in sorted(mismatch.other_shape)], "; "),
+    ]
+    return "; ".join(f"{len(items)} {label} (e.g. {sep.join(items[:3])})" for label, items, sep in kinds if items)
 
 
 def _load(model_cls: type, cfg: Any, path: str | os.PathLike, device: Any, what: str, hint: str) -> Any:
@@ -134,10 +120,7 @@ def _load(model_cls: type, cfg: Any, path: str | os.PathLike, device: Any, what:
     with torch.device("meta"):
         model = model_cls(cfg)  # no memory until the file's tensors are assigned
     sd = check_state_dict(sd, model, str(path), what)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
-    model = model.to(device)
-    model.eval().requires_grad_(False)
-    return model
+    return shared.assign_state_dict(model, sd, device)
 
 
 def load_generator(

@@ -16,18 +16,18 @@ layout of the public conversion ``BigBiGAN_x1.pth``; see ``docs/bigbigan.md``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from brainrecon.errors import ShapeMismatchError
 from brainrecon.latents.bigbigan.config import GeneratorConfig
 from brainrecon.latents.bigbigan.layers import ConditionalBatchNorm, OutputBatchNorm, SNConv2d, SNLinear
+from brainrecon.latents.biggan_layers import GBlockBase, SelfAttentionBase
 
 __all__ = ["BigBiGANGenerator", "GBlock", "SelfAttention"]
 
 
-class GBlock(nn.Module):
-    """Up-sampling residual block conditioned through its two batch norms."""
+class GBlock(GBlockBase):
+    """Up-sampling residual block conditioned through its two batch norms (forward: :class:`GBlockBase`)."""
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -38,17 +38,12 @@ class GBlock(nn.Module):
         self.bn1 = ConditionalBatchNorm(c_in, cond_dim, eps=cfg.bn_eps, sn_eps=cfg.sn_eps)
         self.bn2 = ConditionalBatchNorm(c_out, cond_dim, eps=cfg.bn_eps, sn_eps=cfg.sn_eps)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(x, y))
-        h = F.interpolate(h, scale_factor=2, mode="nearest")
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        h = self.conv1(h)
-        h = self.conv2(F.relu(self.bn2(h, y)))
-        return h + self.conv_sc(x)
 
+class SelfAttention(SelfAttentionBase):
+    """SAGAN self-attention with 2x max-pooled keys and values and a learned gate ``gamma``.
 
-class SelfAttention(nn.Module):
-    """SAGAN self-attention with 2x max-pooled keys and values and a learned gate ``gamma``."""
+    Forward: :class:`SelfAttentionBase`.
+    """
 
     def __init__(self, ch: int, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -58,15 +53,6 @@ class SelfAttention(nn.Module):
         self.g = SNConv2d(ch, ch // 2, 1, bias=False, eps=cfg.sn_eps)
         self.o = SNConv2d(ch // 2, ch, 1, bias=False, eps=cfg.sn_eps)
         self.gamma = nn.Parameter(torch.tensor(0.0))  # a scalar, as in the converted file
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        n, c, hgt, wid = x.shape
-        theta = self.theta(x).reshape(n, c // 8, hgt * wid)
-        phi = F.max_pool2d(self.phi(x), 2).reshape(n, c // 8, hgt * wid // 4)
-        g = F.max_pool2d(self.g(x), 2).reshape(n, c // 2, hgt * wid // 4)
-        attn = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # (n, queries, keys)
-        o = self.o((g @ attn.transpose(1, 2)).reshape(n, c // 2, hgt, wid))
-        return self.gamma * o + x
 
 
 class BigBiGANGenerator(nn.Module):

@@ -7,8 +7,9 @@ weight (``weight``), its bias and the running left singular vector ``u0`` of sha
 estimated with one power iteration from ``u0`` (``u0`` itself is not updated; it is a
 trained buffer, so the estimate is part of the published model). Batch norms run on
 stored statistics (``stored_mean``/``stored_var``) unless a training script opts in to
-batch statistics (``train_momentum``, see :class:`_StoredStatsNorm`); the library itself
-only runs the networks.
+batch statistics (``train_momentum``, see :class:`~brainrecon.latents.biggan_layers.StoredStatsNorm`);
+the library itself only runs the networks. The computations BigBiGAN shares with IC-GAN (spectral
+normalisation, the batch norms) live in :mod:`brainrecon.latents.biggan_layers`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainrecon.latents.biggan_layers import (
+    ConditionalBatchNormBase,
+    OutputBatchNorm,
+    StoredStatsNorm,
+    spectral_normalised,
+)
+
 __all__ = ["SNConv2d", "SNLinear", "ConditionalBatchNorm", "OutputBatchNorm", "FrozenBatchNorm2d"]
-
-
-def _spectral_normalised(weight: torch.Tensor, u0: torch.Tensor, eps: float) -> torch.Tensor:
-    """``weight / sigma`` with sigma from one power iteration started at ``u0``.
-
-    The weight is viewed as an ``(out, -1)`` matrix ``W``: ``v = normalise(u0 W)``,
-    ``u = normalise(v W^T)``, ``sigma = v W^T u^T``. ``u`` and ``v`` carry no gradient (as in
-    training), sigma does.
-    """
-    w = weight.reshape(weight.shape[0], -1)
-    with torch.no_grad():
-        v = F.normalize(u0 @ w, dim=1, eps=eps)
-        u = F.normalize(v @ w.t(), dim=1, eps=eps)
-    sigma = ((v @ w.t()) @ u.t()).squeeze()
-    return weight / sigma
 
 
 class SNConv2d(nn.Module):
@@ -59,7 +52,7 @@ class SNConv2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = _spectral_normalised(self.weight, self.u0, self.eps)
+        w = spectral_normalised(self.weight, self.u0, self.eps)
         return F.conv2d(x, w, self.bias, padding=self.padding)
 
 
@@ -74,36 +67,10 @@ class SNLinear(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, _spectral_normalised(self.weight, self.u0, self.eps), self.bias)
+        return F.linear(x, spectral_normalised(self.weight, self.u0, self.eps), self.bias)
 
 
-class _StoredStatsNorm(nn.Module):
-    """Batch norm that normalises with its stored statistics unless training opts in.
-
-    ``train_momentum`` is ``None`` by default: stored statistics in every mode, the
-    behaviour of a released model, whatever ``.train()``/``.eval()`` says. The project's
-    training scripts (``scripts/train_bigbigan_small.py``) set it to a float: in training
-    mode the layer then normalises with the batch's statistics and moves the stored ones
-    towards them by that momentum, as BigGAN trains. The state dict is the same either way.
-    """
-
-    train_momentum: float | None = None
-
-    def _normalise(
-        self,
-        x: torch.Tensor,
-        mean: torch.Tensor,
-        var: torch.Tensor,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-        eps: float,
-    ) -> torch.Tensor:
-        batch_stats = self.training and self.train_momentum is not None
-        momentum = float(self.train_momentum) if batch_stats else 0.0
-        return F.batch_norm(x, mean, var, weight, bias, batch_stats, momentum, eps)
-
-
-class ConditionalBatchNorm(_StoredStatsNorm):
+class ConditionalBatchNorm(ConditionalBatchNormBase):
     """Batch norm on stored statistics with a gain and bias predicted from a conditioning vector.
 
     ``out = bn(x) * (1 + gain(y)) + bias(y)``, ``gain`` and ``bias`` spectrally normalised
@@ -111,36 +78,15 @@ class ConditionalBatchNorm(_StoredStatsNorm):
     """
 
     def __init__(self, channels: int, cond_dim: int, *, eps: float, sn_eps: float) -> None:
-        super().__init__()
-        self.gain = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
-        self.bias = SNLinear(cond_dim, channels, bias=False, eps=sn_eps)
-        self.register_buffer("stored_mean", torch.zeros(channels))
-        self.register_buffer("stored_var", torch.ones(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self._normalise(x, self.stored_mean, self.stored_var, None, None, self.eps)
-        gain = (1.0 + self.gain(y))[:, :, None, None]
-        bias = self.bias(y)[:, :, None, None]
-        return out * gain + bias
+        super().__init__(
+            channels,
+            SNLinear(cond_dim, channels, bias=False, eps=sn_eps),
+            SNLinear(cond_dim, channels, bias=False, eps=sn_eps),
+            eps=eps,
+        )
 
 
-class OutputBatchNorm(_StoredStatsNorm):
-    """Unconditional batch norm on stored statistics with learned ``gain`` and ``bias``."""
-
-    def __init__(self, channels: int, *, eps: float) -> None:
-        super().__init__()
-        self.gain = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("stored_mean", torch.zeros(channels))
-        self.register_buffer("stored_var", torch.ones(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._normalise(x, self.stored_mean, self.stored_var, self.gain, self.bias, self.eps)
-
-
-class FrozenBatchNorm2d(_StoredStatsNorm):
+class FrozenBatchNorm2d(StoredStatsNorm):
     """Inference batch norm: ``weight``, ``bias``, ``running_mean``, ``running_var``.
 
     Unlike ``nn.BatchNorm2d`` it has no ``num_batches_tracked`` buffer, so the state dict

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from brainrecon.errors import DataFormatError, MissingWeightsError
+from brainrecon.errors import DataFormatError
+from brainrecon.latents import state_dict as shared
 from brainrecon.latents.icgan.config import (
     IMAGENET256_DIR,
     IMAGENET256_FILE,
@@ -42,6 +43,7 @@ from brainrecon.latents.icgan.encoder import SwAVEncoder
 from brainrecon.latents.icgan.model import ICGANGenerator
 
 _DDP_PREFIX = "module."
+_CHECKPOINT_KEY = "state_dict"
 #: Keys of the SwAV file that belong to its training heads, not to the feature extractor.
 SWAV_HEAD_PREFIXES = ("projection_head.", "prototypes.")
 _OPTIONAL_SUFFIX = "num_batches_tracked"
@@ -51,6 +53,7 @@ GENERATOR_HINT = (
     "(the EMA generator; see docs/icgan.md)"
 )
 ENCODER_HINT = f"download {SWAV_URL} ({SWAV_FILE}, SwAV ResNet-50; see docs/icgan.md)"
+_MISMATCH_HINT = "is the file the one the configuration describes?"
 
 
 def read_state_dict(path: str | os.PathLike, what: str, hint: str) -> dict[str, torch.Tensor]:
@@ -65,27 +68,10 @@ def read_state_dict(path: str | os.PathLike, what: str, hint: str) -> dict[str, 
     DataFormatError
         The file is not a mapping of names to tensors.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingWeightsError(path, what, hint)
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as exc:
-            raise DataFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
-        return dict(obj)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files or pickled objects
-        raise DataFormatError(f"{path}: not a plain torch state dict ({type(exc).__name__}: {exc})") from exc
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataFormatError(f"{path}: expected a mapping of parameter names to tensors ({what})")
-    return {(k[len(_DDP_PREFIX):] if k.startswith(_DDP_PREFIX) else k): v for k, v in obj.items()}
+    # The SwAV release is DDP-saved (module.*); IC-GAN-style training checkpoints nest under "state_dict".
+    return shared.read_state_dict(
+        Path(path).expanduser(), what, hint, strip_prefix=_DDP_PREFIX, unwrap_key=_CHECKPOINT_KEY
+    )
 
 
 def check_state_dict(
@@ -111,40 +97,8 @@ def check_state_dict(
     optional_suffixes : tuple of str
         Keys ending so may be absent from the file.
     """
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    missing = [k for k in want if k not in got and not k.endswith(optional_suffixes)]
-    unexpected = [k for k in got if k not in want]
-    wrong = [k for k in want if k in got and want[k] != got[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: " + ", ".join(f"{k} (expected {want[k]})" for k in missing[:5]))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: " + ", ".join(f"{k} (got {got[k]})" for k in unexpected[:5]))
-    if wrong:
-        problems.append(
-            f"{len(wrong)} with another shape: "
-            + ", ".join(f"{k}: expected {want[k]}, got {got[k]}" for k in wrong[:5])
-        )
-    if problems:
-        raise DataFormatError(
-            f"{source}: does not fit the configured {what}: " + "; ".join(problems)
-            + " (is the file the one the configuration describes?)"
-        )
-
-
-def _assign(model: nn.Module, sd: Mapping[str, torch.Tensor], device: str | torch.device) -> nn.Module:
-    full = {}
-    for k, ref in model.state_dict().items():
-        if k in sd:
-            v = sd[k]
-            full[k] = v.float() if v.is_floating_point() else v
-        else:  # an optional counter (checked before): training-only, zero is as good as any value
-            full[k] = torch.zeros(ref.shape, dtype=ref.dtype)
-    model.load_state_dict(full, strict=True, assign=True)
-    model = model.to(device)
-    model.eval().requires_grad_(False)
-    return model
+    optional = {k for k in model.state_dict() if k.endswith(optional_suffixes)}
+    shared.check_state_dict(sd, model, source, what, hint=_MISMATCH_HINT, optional=optional)
 
 
 def load_generator(
@@ -179,7 +133,7 @@ def load_generator(
     with torch.device("meta"):
         model = ICGANGenerator(cfg)  # no memory until the file's tensors are assigned
     check_state_dict(sd, model, str(path), "IC-GAN generator")
-    return _assign(model, sd, device)  # type: ignore[return-value]
+    return shared.assign_state_dict(model, sd, device)
 
 
 def load_encoder(
@@ -206,11 +160,15 @@ def load_encoder(
     trunk = {k: v for k, v in sd.items() if not k.startswith(SWAV_HEAD_PREFIXES)}
     with torch.device("meta"):
         model = SwAVEncoder(cfg)
-    check_state_dict(trunk, model, str(path), "SwAV ResNet instance encoder", optional_suffixes=(_OPTIONAL_SUFFIX,))
+    # BatchNorm counters only serve training: a file may lack them, and they then start at zero.
+    counters = {k for k in model.state_dict() if k.endswith(_OPTIONAL_SUFFIX)}
+    shared.check_state_dict(
+        trunk, model, str(path), "SwAV ResNet instance encoder", hint=_MISMATCH_HINT, optional=counters
+    )
     # The normalisation constants are not in the file: give them real values before moving.
     model._mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
     model._std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-    return _assign(model, trunk, device)  # type: ignore[return-value]
+    return shared.assign_state_dict(model, trunk, device, optional=counters)
 
 
 def save_generator(model: ICGANGenerator, path: str | os.PathLike) -> Path:

@@ -6,7 +6,8 @@ loads strictly. Batch norms use their stored statistics and spectral norms never
 singular-vector estimates: that is the reference's evaluation mode (``G_eval_mode`` is set for
 the published model), in which results do not depend on the batch. The one exception is opt-in
 and used only by ``scripts/train_icgan_small.py``: a batch norm whose ``train_momentum`` is set
-normalises with batch statistics in training mode (see :class:`_StoredStatsNorm`).
+normalises with batch statistics in training mode (see
+:class:`~brainrecon.latents.biggan_layers.StoredStatsNorm`).
 
 Data flow for a batch of instance features ``f`` (n, 2048) and noise ``z`` (n, 119):
 
@@ -28,6 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainrecon.errors import ShapeMismatchError
+from brainrecon.latents.biggan_layers import (
+    ConditionalBatchNormBase,
+    GBlockBase,
+    OutputBatchNorm,
+    SelfAttentionBase,
+    spectral_normalised,
+)
 from brainrecon.latents.icgan.config import ICGANConfig
 
 
@@ -48,13 +56,8 @@ class _SpectralNorm(nn.Module):
             self.register_buffer(f"sv{i}", torch.ones(1))
 
     def normalised_weight(self) -> torch.Tensor:
-        weight: torch.Tensor = self.weight  # type: ignore[assignment]
-        w = weight.reshape(weight.shape[0], -1)
-        with torch.no_grad():  # the singular vectors are constants, as in the reference
-            v = F.normalize(self.u0 @ w, eps=self.sn_eps)
-            u = F.normalize(v @ w.t(), eps=self.sn_eps)
-        sigma = (v @ w.t() @ u.t()).squeeze()
-        return weight / sigma
+        """``weight`` divided by its singular value estimated from ``u0`` (see :func:`spectral_normalised`)."""
+        return spectral_normalised(self.weight, self.u0, self.sn_eps)  # type: ignore[arg-type]
 
 
 class SNLinear(_SpectralNorm):
@@ -90,67 +93,27 @@ class SNConv2d(_SpectralNorm):
         return F.conv2d(x, self.normalised_weight(), self.bias, padding=self.padding)
 
 
-class _StoredStatsNorm(nn.Module):
-    """Batch norm on stored statistics, with an opt-in training mode.
-
-    ``train_momentum`` is ``None`` by default: stored statistics whatever ``.train()`` /
-    ``.eval()`` says (released models). A training script sets it to a float: in training
-    mode the layer then normalises with the batch's statistics and moves the stored ones
-    towards them by that momentum, as BigGAN trains. The state dict is the same either way.
-    """
-
-    train_momentum: float | None = None
-
-    def _normalise(
-        self,
-        x: torch.Tensor,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        batch_stats = self.training and self.train_momentum is not None
-        momentum = float(self.train_momentum) if batch_stats else 0.0
-        return F.batch_norm(x, self.stored_mean, self.stored_var, weight, bias, batch_stats, momentum, self.eps)
-
-
-class ConditionalBatchNorm(_StoredStatsNorm):
+class ConditionalBatchNorm(ConditionalBatchNormBase):
     """Batch norm (stored statistics) whose gain ``1 + gain(y)`` and bias ``bias(y)`` depend on ``y``.
 
     Keys: ``stored_mean``, ``stored_var`` (C,), ``gain.*`` and ``bias.*`` (spectrally normalised
-    linear maps without bias, ``cond_dim -> C``).
+    linear maps without bias, ``cond_dim -> C``, with IC-GAN's ``sv<i>`` buffers).
     """
 
     def __init__(self, channels: int, cond_dim: int, *, eps: float, num_svs: int, sn_eps: float):
-        super().__init__()
-        self.eps = eps
-        self.gain = SNLinear(cond_dim, channels, bias=False, num_svs=num_svs, eps=sn_eps)
-        self.bias = SNLinear(cond_dim, channels, bias=False, num_svs=num_svs, eps=sn_eps)
-        self.register_buffer("stored_mean", torch.zeros(channels))
-        self.register_buffer("stored_var", torch.ones(channels))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self._normalise(x, None, None)
-        gain = 1.0 + self.gain(y)
-        bias = self.bias(y)
-        return out * gain[:, :, None, None] + bias[:, :, None, None]
+        super().__init__(
+            channels,
+            SNLinear(cond_dim, channels, bias=False, num_svs=num_svs, eps=sn_eps),
+            SNLinear(cond_dim, channels, bias=False, num_svs=num_svs, eps=sn_eps),
+            eps=eps,
+        )
 
 
-class OutputBatchNorm(_StoredStatsNorm):
-    """Plain batch norm with stored statistics; keys ``stored_mean``, ``stored_var``, ``gain``, ``bias``."""
+class GBlock(GBlockBase):
+    """Residual up-block: BN-ReLU-up-conv3, BN-ReLU-conv3, plus an upsampled 1x1 shortcut.
 
-    def __init__(self, channels: int, *, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("stored_mean", torch.zeros(channels))
-        self.register_buffer("stored_var", torch.ones(channels))
-        self.gain = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._normalise(x, self.gain, self.bias)
-
-
-class GBlock(nn.Module):
-    """Residual up-block: BN-ReLU-up-conv3, BN-ReLU-conv3, plus an upsampled 1x1 shortcut."""
+    Forward: :class:`GBlockBase`.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, cfg: ICGANConfig):
         super().__init__()
@@ -163,17 +126,12 @@ class GBlock(nn.Module):
         self.bn1 = ConditionalBatchNorm(in_channels, cfg.cond_dim, **bn)
         self.bn2 = ConditionalBatchNorm(out_channels, cfg.cond_dim, **bn)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(x, y))
-        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        h = self.conv1(h)
-        h = self.conv2(F.relu(self.bn2(h, y)))
-        return h + self.conv_sc(x)
 
+class SelfAttention(SelfAttentionBase):
+    """SAGAN non-local block: keys/values max-pooled 2x, output scaled by the learned ``gamma``.
 
-class SelfAttention(nn.Module):
-    """SAGAN non-local block: keys/values max-pooled 2x, output scaled by the learned ``gamma``."""
+    Forward: :class:`SelfAttentionBase`.
+    """
 
     def __init__(self, channels: int, cfg: ICGANConfig):
         super().__init__()
@@ -184,15 +142,6 @@ class SelfAttention(nn.Module):
         self.g = SNConv2d(channels, channels // 2, 1, **sn)
         self.o = SNConv2d(channels // 2, channels, 1, **sn)
         self.gamma = nn.Parameter(torch.tensor(0.0))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        n, c, h, w = x.shape
-        query = self.theta(x).reshape(n, c // 8, h * w)
-        key = F.max_pool2d(self.phi(x), 2).reshape(n, c // 8, h * w // 4)
-        value = F.max_pool2d(self.g(x), 2).reshape(n, c // 2, h * w // 4)
-        attn = torch.softmax(query.transpose(1, 2) @ key, dim=-1)  # (n, hw, hw/4)
-        out = (value @ attn.transpose(1, 2)).reshape(n, c // 2, h, w)
-        return x + self.gamma * self.o(out)
 
 
 class ICGANGenerator(nn.Module):

@@ -19,56 +19,39 @@ from typing import Any
 
 import torch
 
-from brainrecon.errors import DataFormatError, MissingWeightsError
+from brainrecon.latents import state_dict as shared
 from brainrecon.latents.vdvae.config import IMAGENET64_FILE, IMAGENET64_URL, VDVAEConfig, as_config
 from brainrecon.latents.vdvae.model import VDVAE
 
 _DDP_PREFIX = "module."
+_WHAT = "VDVAE"
+#: What to do when the weights file is missing.
+_MISSING_HINT = (
+    f"get {IMAGENET64_FILE} from {IMAGENET64_URL} for the published ImageNet-64 model, "
+    "or train the small model with scripts/train_vdvae_small.py"
+)
+#: The usual cause of a mismatch: a config that is not the one the weights were trained with.
+_MISMATCH_HINT = "is the config, e.g. width/zdim/block strings, the one the weights were trained with?"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict from ``.th``/``.pt``/``.pth`` (torch, no pickle code) or ``.safetensors``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(
-            path,
-            "VDVAE",
-            f"get {IMAGENET64_FILE} from {IMAGENET64_URL} for the published ImageNet-64 model, "
-            "or train the small model with scripts/train_vdvae_small.py",
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Load a state dict from ``.th``/``.pt``/``.pth`` (torch, no pickle code) or ``.safetensors``.
 
-        sd: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for corrupt or pickled-object files
-            raise DataFormatError(f"{path}: not a plain torch state dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DataFormatError(f"{path}: expected a mapping of parameter names to tensors")
-    return {(k[len(_DDP_PREFIX) :] if k.startswith(_DDP_PREFIX) else k): v for k, v in sd.items()}
+    A ``module.`` prefix (``DistributedDataParallel``) is removed from the keys.
+
+    Raises
+    ------
+    MissingWeightsError
+        ``path`` does not exist (the message says where to get the published file).
+    DataFormatError
+        The file is not a plain state dict.
+    """
+    return shared.read_state_dict(path, _WHAT, _MISSING_HINT, strip_prefix=_DDP_PREFIX)
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
     """Raise :class:`DataFormatError` naming missing, unexpected and mis-shaped parameters."""
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    wrong = [f"{k}: expected {want[k]}, got {got[k]}" for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    if wrong:
-        problems.append(f"{len(wrong)} with other shapes (e.g. {wrong[:3]})")
-    if problems:
-        raise DataFormatError(
-            f"{source}: parameters do not match the VDVAE config: " + "; ".join(problems)
-            + " (is the config, e.g. width/zdim/block strings, the one the weights were trained with?)"
-        )
+    shared.check_state_dict(sd, model, source, _WHAT, hint=_MISMATCH_HINT)
 
 
 def load_vdvae(
@@ -104,10 +87,7 @@ def load_vdvae(
     with torch.device("meta"):
         model = VDVAE(cfg)  # no memory until real tensors are assigned
     check_state_dict(sd, model, str(path))
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
-    model = model.to(device)
-    model.eval().requires_grad_(False)
-    return model
+    return shared.assign_state_dict(model, sd, device)
 
 
 def save_vdvae(model: VDVAE, path: str | os.PathLike) -> None:
