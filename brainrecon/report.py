@@ -258,6 +258,28 @@ def _metric_table(methods: Mapping[str, SuiteResult]) -> str:
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table><p class='note'>{note}</p>"
 
 
+def comparison_table_html(diffs: Sequence[Any]) -> str:
+    """An HTML table of paired differences (:func:`brainrecon.metrics.comparison.compare_methods`)."""
+    if not diffs:
+        return "<p>No metric has per-image values for both methods of any pair.</p>"
+    rows = []
+    for d in diffs:
+        arrow = "↑" if d.higher_is_better else "↓"
+        verdict = "no difference at 95 %" if d.better is None else f"<b>{html.escape(d.better)}</b> better"
+        rows.append(
+            f"<tr><td>{html.escape(d.a)} − {html.escape(d.b)}</td><td>{html.escape(d.metric)} {arrow}</td>"
+            f"<td>{_fmt(d.mean_a)}</td><td>{_fmt(d.mean_b)}</td><td><b>{_fmt(d.diff)}</b> "
+            f"[{_fmt(d.ci[0])}, {_fmt(d.ci[1])}]</td><td>{_fmt_p(d.p_value)}</td><td>{verdict}</td></tr>"
+        )
+    return (
+        "<table><tr><th>pair (a − b)</th><th>metric</th><th>a</th><th>b</th><th>a − b [95 % CI]</th>"
+        f"<th>p</th><th>verdict</th></tr>{''.join(rows)}</table>"
+        "<p class='note'>Per-image differences on the same test images: percentile bootstrap CI over images and "
+        "two-sided sign-flip permutation p-value. Arrows give each metric's better direction. Also in "
+        "<a href='comparisons.json'>comparisons.json</a>.</p>"
+    )
+
+
 def _img_tag(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 

@@ -35,6 +35,7 @@ from brainrecon.roi.closed_loop import (
     VoxelwiseEncodingModel,
     closed_loop,
     column_scores,
+    percentile_of,
 )
 from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, ordering
 from brainrecon.roi.masks import RoiSpec, resolve_rois, roi_slug, synthetic_patterns
@@ -156,6 +157,10 @@ class RoiExploration:
                          f"{row[tag]['top10_with_category']}/10 top stimuli contain it" for tag in ("est", "true") if tag in row]
                 lines.append(f"  natural test stimuli, {roi} ROI vs {row['category']} ({row['n_with']} contain it): "
                              + "; ".join(parts))
+            for sp, rows in (res.extra.get("roi_latent_semantics") or {}).items():
+                parts = ", ".join(f"{roi} {row['category']} {f(row['latent_area'])} ({row['percentile_vs_test']:.0f}th pct)"
+                                  for roi, row in rows.items())
+                lines.append(f"  {sp} ROI latents read before generation (CLIP-vision token 0): {parts}")
             enc = res.extra.get("encoding_model_heldout")
             if enc:
                 lines.append(f"  encoding model, held-out median voxel r: {f(enc['median_r'])}")
@@ -284,6 +289,43 @@ def _natural_check(res: ClosedLoopResult, specs: Sequence[RoiSpec], semantics: n
             row[tag] = {"drive_with": float(nat[has, i].mean()), "drive_without": float(nat[~has, i].mean()),
                         "top10_with_category": int(has[top].sum())}
         out[s.name] = row
+    return out
+
+
+def _latent_semantics(latents: Mapping[str, Mapping[str, np.ndarray]], spaces: Mapping[str, Any],
+                      clip_features: ClipEmbeddingFeatures, estimator: SemanticEstimator, specs: Sequence[RoiSpec],
+                      natural_est: np.ndarray) -> dict[str, Any]:
+    """Category content of the ROI *latents*, before any image is generated.
+
+    A space whose ``clip_vision`` target comes from the same CLIP as the semantic estimator holds
+    the image embedding in token 0 (the projected class token, unit norm for real images), so
+    the estimator reads the ROI latent directly. Comparing this with the closed loop on the
+    generated image separates the two causes of a failure: a wrong ROI latent (synthesis) or a
+    generator that does not render it (decoding). Per category ROI: the estimated area of its
+    category, its percentile among the natural test stimuli's estimates, and every category's area.
+    """
+    from brainrecon.sim.stimuli import FLOC_CATEGORY
+
+    out: dict[str, Any] = {}
+    want = clip_features.clip.fingerprint()
+    for space, sp in spaces.items():
+        z = latents.get(space, {}).get("clip_vision")
+        clip = getattr(sp, "clip", None)
+        if z is None or clip is None or not hasattr(clip, "fingerprint") or clip.fingerprint() != want:
+            continue
+        emb = np.asarray(z, dtype=np.float64)[:, 0]
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        est = estimator.readout.predict(emb)
+        rows = {}
+        for i, s in enumerate(specs):
+            cat = FLOC_CATEGORY.get(s.file)
+            if cat is None or cat not in estimator.categories or s.labels is not None:
+                continue
+            j = estimator.categories.index(cat)
+            rows[s.name] = {"category": cat, "latent_area": float(est[i, j]),
+                            "percentile_vs_test": percentile_of(est[i, j], natural_est[:, j]),
+                            "areas": dict(zip(estimator.categories, (float(x) for x in est[i])))}
+        out[space] = rows
     return out
 
 
@@ -466,6 +508,8 @@ def explore_rois(
             natural_test_semantics=truth.semantics[te_ids], extra=extra,
         )
         res.extra["natural_check"] = _natural_check(res, specs, truth.semantics[te_ids], truth.categories)
+        res.extra["roi_latent_semantics"] = _latent_semantics(latents, spaces, clip_features, estimator, specs,
+                                                              estimator(stim_te))
         exploration.closed_loop["truth"] = res
         prf_index = model.voxel_index
         prfs = {n: (truth.prf["x"][prf_index][m], truth.prf["y"][prf_index][m], truth.prf["sigma"][prf_index][m])

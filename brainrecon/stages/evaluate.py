@@ -9,12 +9,14 @@ Methods are named ``<space>`` for reconstructions and ``<space> (ceiling)`` /
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from brainrecon.errors import ConfigError
 from brainrecon.images import to_float_chw, to_uint8_hwc
 from brainrecon.stages.base import Artifact, RunContext, Stage
 from brainrecon.stages.fit import flat, target_names
@@ -45,10 +47,15 @@ class EvaluateStage(Stage):
     chains : dict, optional
         ``generate.init_from`` (space -> the space whose images it starts from); the report
         shows each chain stage by stage.
+    compare : ``"auto"``, list of [a, b] method pairs, or empty
+        Paired differences ``a - b`` per metric (:mod:`brainrecon.metrics.comparison`),
+        written to ``report/comparisons.json`` and shown in the report. ``auto``: each chain's
+        later stage against the stage it starts from, and every pair of final reconstructions.
     """
 
     name = "evaluate"
-    version = 4  # 2: brain correlation on simulated data; 3: metrics files only in report/; 4: chain grids
+    # 2: brain correlation on simulated data; 3: metrics files only in report/; 4: chain grids; 5: paired comparisons
+    version = 5
 
     def run(self, inputs: Mapping[str, Artifact], ctx: RunContext) -> dict[str, Any]:
         from brainrecon.metrics.suite import evaluate_methods
@@ -87,12 +94,21 @@ class EvaluateStage(Stage):
             m: {k: v.mean for k, v in r.metrics.items() if v.available} for m, r in results.items()
         }
         sections = []
+        pairs = comparison_pairs(self.params.get("compare", "auto"), self.params.get("chains") or {}, recons)
+        if pairs:
+            from brainrecon.metrics.comparison import compare_methods
+            from brainrecon.report import comparison_table_html
+
+            diffs = compare_methods(results, pairs, n_boot=int(self.params.get("n_boot", 1000)),
+                                    n_perm=int(self.params.get("n_perm", 1000)), seed=int(self.params.get("seed", 0)))
+            summary["comparisons"] = [d.to_dict() for d in diffs]
+            sections.append(("Paired differences between methods", comparison_table_html(diffs)))
         brain = sim_brain_correlation(data, recons, n_boot=int(self.params.get("n_boot", 1000)), seed=int(self.params.get("seed", 0)))
         if brain is not None:
             ctx.save_json("brain_correlation", brain)
             summary["brain_correlation"] = {m: {r: v["mean"] for r, v in rois.items()} for m, rois in brain["methods"].items()}
             sections.append(("Brain correlation (simulator's true encoding model)", brain_table_html(brain)))
-        write_report(
+        report = write_report(
             ctx.out / "report",
             stimuli=stimuli,
             reconstructions=recons,
@@ -101,7 +117,34 @@ class EvaluateStage(Stage):
             extra_sections=sections,
             chains=chain_methods(self.params.get("chains") or {}, recons),
         )
+        if pairs:
+            (report.parent / "comparisons.json").write_text(json.dumps(summary["comparisons"], indent=1))
         return summary
+
+
+def comparison_pairs(compare: Any, init_from: Mapping[str, str], recons: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Method pairs ``(a, b)`` to compare (``a - b``); see :class:`EvaluateStage` (``compare``).
+
+    Raises
+    ------
+    ConfigError
+        ``compare`` is neither ``"auto"`` nor a list of pairs of known methods.
+    """
+    if compare in (None, "none", False) or (isinstance(compare, (list, tuple)) and not compare):
+        return []
+    plain = [m for m in recons if "(" not in m]  # reconstructions; references are named "<space> (<kind>)"
+    if compare == "auto":
+        pairs = [(m, init_from[m]) for m in sorted(init_from) if m in plain and init_from[m] in plain]
+        finals = sorted(m for m in plain if m not in init_from.values())
+        pairs += [(a, b) for i, a in enumerate(finals) for b in finals[i + 1:]]
+        return pairs
+    if isinstance(compare, str) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in compare):
+        raise ConfigError(f"metrics.compare: expected 'auto', 'none' or a list of [method, method] pairs, got {compare!r}")
+    pairs = [(str(a), str(b)) for a, b in compare]
+    unknown = sorted({m for p in pairs for m in p} - set(recons))  # references may be compared when named
+    if unknown:
+        raise ConfigError(f"metrics.compare: unknown method(s) {unknown}; this run's methods are {sorted(recons)}")
+    return pairs
 
 
 def chain_methods(init_from: Mapping[str, str], recons: Mapping[str, Any]) -> dict[str, list[str]]:

@@ -359,3 +359,31 @@ def test_roi_stage_is_registered_and_hashes_mask_content(tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter"):
         build_stages({**cfg, "roi": {"roiz": []}}, {"pixels": PixelSpace(8, 4)})
     assert isinstance(RoiSpec("x", "f"), RoiSpec)
+
+
+def test_latent_semantics_reads_the_roi_latent_before_generation():
+    """The estimator reads token 0 of a CLIP-vision ROI latent only when the space's CLIP is the estimator's."""
+    from types import SimpleNamespace
+
+    from brainrecon.roi.closed_loop import SemanticEstimator
+    from brainrecon.roi.explore import _latent_semantics
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(200, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    areas = np.clip(np.stack([emb[:, 0], emb[:, 1]], 1), 0, None)  # "face" grows with axis 0, "word" with axis 1
+    est = SemanticEstimator(features=[], readout=KernelRidgeReadout(kernel="linear", alphas=(1e-3,)),
+                            categories=["face", "word"])
+    est.readout.fit(emb, areas)
+    clip = SimpleNamespace(fingerprint=lambda: {"weights": "a"})
+    feats = SimpleNamespace(clip=clip)
+    specs = [RoiSpec("faces", "floc-faces", group="category"), RoiSpec("words", "floc-words", group="category")]
+    z = np.zeros((2, 3, 8))
+    z[0, 0, 0], z[1, 0, 1] = 5.0, 5.0  # token 0 points along each category's axis (norm is not 1: it is rescaled)
+    out = _latent_semantics({"vd": {"clip_vision": z}}, {"vd": SimpleNamespace(clip=clip)}, feats, est, specs,
+                            natural_est=est.readout.predict(emb))
+    assert out["vd"]["faces"]["category"] == "face" and out["vd"]["words"]["category"] == "word"
+    assert out["vd"]["faces"]["latent_area"] > 0.4 > out["vd"]["words"]["areas"]["face"]
+    assert out["vd"]["faces"]["percentile_vs_test"] > 95 and out["vd"]["words"]["percentile_vs_test"] > 95
+    other = SimpleNamespace(clip=SimpleNamespace(fingerprint=lambda: {"weights": "b"}))
+    assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": other}, feats, est, specs, est.readout.predict(emb)) == {}
