@@ -440,6 +440,9 @@ class ClosedLoopResult:
         The same with the true category areas (simulated data only).
     extra : dict
         Held-out accuracy of the model's parts and other notes.
+    sample_responses : dict of image set -> (n_samples, n_rois, n_rois)
+        Per-sample responses when a stochastic decoder drew several images per ROI;
+        ``responses`` is then their mean over samples.
     """
 
     model: str
@@ -450,6 +453,7 @@ class ClosedLoopResult:
     natural: np.ndarray
     natural_true: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sample_responses: dict[str, np.ndarray] = field(default_factory=dict)
 
     def table(self, space: str) -> list[dict[str, Any]]:
         """One row per ROI image of ``space``.
@@ -460,6 +464,9 @@ class ClosedLoopResult:
         (it beats every ROI); ``specific`` (the ROI responds more to its own image than to its peers'
         images); ``percentile`` (of the response among the natural test stimuli; ties count half),
         ``natural_mean``, ``natural_p90``; with true category areas, ``percentile_true_semantics``.
+        With several samples per ROI (``sample_responses``) the drive is the mean over samples, and
+        ``samples``, ``samples_selective`` (fraction of samples in which the ROI beats its group) and
+        ``samples_percentile_min`` (the lowest per-sample percentile) are added.
         """
         if space not in self.responses:
             raise ConfigError(f"closed loop: no images for {space!r}; have {sorted(self.responses)}")
@@ -488,6 +495,12 @@ class ClosedLoopResult:
             }
             if self.natural_true is not None:
                 row["percentile_true_semantics"] = percentile_of(M[i, i], self.natural_true[:, i])
+            S = self.sample_responses.get(space)
+            if S is not None:
+                row["samples"] = int(len(S))
+                row["samples_selective"] = (None if not peers else
+                                            float(np.mean([S[k, i, i] > S[k, i, peers].max() for k in range(len(S))])))
+                row["samples_percentile_min"] = min(percentile_of(S[k, i, i], self.natural[:, i]) for k in range(len(S)))
             rows.append(row)
         return rows
 
@@ -523,6 +536,7 @@ class ClosedLoopResult:
             "natural": self.natural.tolist(),
             "natural_true": None if self.natural_true is None else self.natural_true.tolist(),
             "extra": self.extra,
+            "sample_responses": {k: v.tolist() for k, v in self.sample_responses.items()},
             "tables": {k: self.table(k) for k in self.responses},
         }
 
@@ -535,6 +549,7 @@ class ClosedLoopResult:
                 natural=np.asarray(d["natural"], dtype=np.float64),
                 natural_true=None if d.get("natural_true") is None else np.asarray(d["natural_true"], dtype=np.float64),
                 extra=dict(d.get("extra") or {}),
+                sample_responses={k: np.asarray(v, dtype=np.float64) for k, v in (d.get("sample_responses") or {}).items()},
             )
         except KeyError as exc:
             raise DataFormatError(f"closed-loop JSON: missing key {exc.args[0]!r}") from None
@@ -546,8 +561,9 @@ class ClosedLoopResult:
         jpath, cpath = folder / f"{name}.json", folder / f"{name}.csv"
         jpath.write_text(json.dumps(_finite(self.to_json()), indent=1))
         rows = [{"images": s, **r} for s in self.responses for r in self.table(s)]
+        fields = list(dict.fromkeys(k for r in rows for k in r))  # spaces may differ in optional columns
         with open(cpath, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w = csv.DictWriter(fh, fieldnames=fields, restval="")
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -580,8 +596,9 @@ def closed_loop(
     Parameters
     ----------
     model : ResponseModel
-    roi_images : mapping of image set (space) -> (n_rois, H, W, 3) uint8
-        Row i is the ROI-optimal image of the i-th ROI of ``masks``.
+    roi_images : mapping of image set (space) -> (n_rois, H, W, 3) or (n_samples, n_rois, H, W, 3) uint8
+        Row i is the ROI-optimal image of the i-th ROI of ``masks``. With several samples per ROI
+        (a stochastic decoder), the responses are averaged over samples and kept per sample too.
     masks : mapping of ROI name -> (n_voxels,) bool
     groups : mapping of ROI name -> group
     natural_train : (n_train, H, W, 3) uint8
@@ -592,9 +609,14 @@ def closed_loop(
         True category areas of the test stimuli (simulated data with :class:`SimulatedResponses`).
     """
     names = list(masks)
+    stacks = {}
     for s, imgs in roi_images.items():
-        if len(imgs) != len(names):
-            raise ShapeMismatchError(f"ROI images of {s!r} (one per ROI)", len(names), len(imgs))
+        arr = np.asarray(imgs)
+        stack = arr if arr.ndim == 5 else arr[None]
+        if stack.ndim != 5 or stack.shape[1] != len(names):
+            raise ShapeMismatchError(f"ROI images of {s!r} (one per ROI)",
+                                     f"({len(names)}, H, W, 3) or (samples, {len(names)}, H, W, 3)", arr.shape)
+        stacks[s] = stack
     ref = model.predict(_check_images(natural_train, "natural training stimuli"))
     mu, sd = ref.mean(0), ref.std(0)
     sd[sd == 0] = 1.0
@@ -608,10 +630,14 @@ def closed_loop(
         if not isinstance(model, SimulatedResponses):
             raise ConfigError("natural_test_semantics: only the simulator's model (SimulatedResponses) takes category areas")
         natural_true = roi_means(z(model.predict(natural_test, semantics=natural_test_semantics)), masks)
-    responses = {s: roi_means(z(model.predict(_check_images(imgs, f"ROI images of {s!r}"))), masks)
-                 for s, imgs in roi_images.items()}
+    per_sample = {
+        s: np.stack([roi_means(z(model.predict(_check_images(x, f"ROI images of {s!r}"))), masks) for x in stack])
+        for s, stack in stacks.items()
+    }
     return ClosedLoopResult(
         model=model.description, rois=names, groups={k: str(groups.get(k, "custom")) for k in names},
-        n_voxels={k: int(np.asarray(m).sum()) for k, m in masks.items()}, responses=responses,
+        n_voxels={k: int(np.asarray(m).sum()) for k, m in masks.items()},
+        responses={s: R.mean(0) for s, R in per_sample.items()},
         natural=natural, natural_true=natural_true, extra=dict(extra or {}),
+        sample_responses={s: R for s, R in per_sample.items() if len(R) > 1},
     )

@@ -174,18 +174,27 @@ def energy_analysis(
 
     Parameters
     ----------
-    images : (n_rois, 3, H, W) float in [0, 1]
-        Row i is the ROI-optimal image of ``rois[i]``.
-    baseline : (1, 3, h, w)
-        The decode of the intercepts (see the module docstring).
+    images : (n_rois, 3, H, W) or (n_samples, n_rois, 3, H, W) float in [0, 1]
+        Row i is the ROI-optimal image of ``rois[i]``. With samples (a stochastic decoder) the
+        energy maps are averaged over samples.
+    baseline : (1, 3, h, w), or (n_samples, 1, 3, h, w) with samples
+        The decode of the intercepts (see the module docstring), with the same seed as each sample.
     prfs : mapping ROI -> (x, y, sigma) of its voxels, optional
         Known pRFs (simulated data) for ``coverage_r``.
     nominal_ranges : mapping ROI -> (lo, hi) degrees, optional
         Nominal eccentricity of eccentricity bands (reported as the geometric middle).
     """
-    if len(images) != len(rois):
-        raise ShapeMismatchError("ROI images (one per ROI)", len(rois), len(images))
-    maps = energy_maps(images, baseline, size)
+    images, baseline = np.asarray(images), np.asarray(baseline)
+    if images.ndim == 5:  # (samples, n_rois, 3, H, W): the expected energy over the decoder's samples
+        if baseline.ndim != 5 or len(baseline) != len(images) or images.shape[1] != len(rois):
+            raise ShapeMismatchError("ROI image samples and baselines", f"(s, {len(rois)}, 3, H, W) and (s, 1, 3, h, w)",
+                                     (images.shape, baseline.shape))
+        # each sample against the baseline decoded with the same seed, so shared sampling noise cancels
+        maps = np.mean([energy_maps(im, b, size) for im, b in zip(images, baseline)], axis=0)
+    else:
+        if len(images) != len(rois):
+            raise ShapeMismatchError("ROI images (one per ROI)", len(rois), len(images))
+        maps = energy_maps(images, baseline, size)
     prof = ring_profile(maps, stimulus_deg, edges)
     pref = preferred_eccentricity(prof, edges, stimulus_deg)
     cov = None

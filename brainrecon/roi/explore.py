@@ -85,6 +85,8 @@ class RoiExploration:
     latents : dict space -> dict target -> (n_rois, *shape) float32
     images : dict space -> (n_rois, H, W, 3) uint8
     baseline : dict space -> (1, H, W, 3) uint8
+    samples, baseline_samples : dict space -> (n_samples, n_rois | 1, H, W, 3) uint8
+        Every image drawn when ``samples > 1`` (``images``/``baseline`` are sample 0); else empty.
     closed_loop : dict model name (``truth``, ``fitted``) -> ClosedLoopResult
     energy : dict space -> EnergyResult
     weights : WeightAnalysis or None
@@ -101,6 +103,8 @@ class RoiExploration:
     energy: dict[str, EnergyResult] = field(default_factory=dict)
     weights: WeightAnalysis | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+    baseline_samples: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def rois(self) -> list[str]:
@@ -209,6 +213,10 @@ class RoiExploration:
             for i, roi in enumerate(self.rois):
                 Image.fromarray(imgs[i]).save(folder / "images" / space / f"{i:02d}_{roi_slug(roi)}.png")
             Image.fromarray(self.baseline[space][0]).save(folder / "images" / space / "baseline.png")
+            if space in self.samples:
+                np.save(folder / "images" / f"{space}_samples.npy", self.samples[space], allow_pickle=False)
+                np.save(folder / "images" / f"{space}_baseline_samples.npy", self.baseline_samples[space],
+                        allow_pickle=False)
         for model, res in self.closed_loop.items():
             res.save(folder, f"closed_loop_{model}")
         (folder / "energy.json").write_text(json.dumps(_json_safe({s: e.to_json() for s, e in self.energy.items()}), indent=1))
@@ -249,8 +257,12 @@ class RoiExploration:
         weights = None
         if (folder / "weights.json").is_file():
             weights = WeightAnalysis.from_json(json.loads((folder / "weights.json").read_text()))
+        samples = {s: np.load(folder / "images" / f"{s}_samples.npy", allow_pickle=False) for s in meta["spaces"]
+                   if (folder / "images" / f"{s}_samples.npy").is_file()}
+        baseline_samples = {s: np.load(folder / "images" / f"{s}_baseline_samples.npy", allow_pickle=False)
+                            for s in samples}
         return cls(specs, np.load(folder / "masks.npy", allow_pickle=False), scalings, latents, images, baseline,
-                   loops, energy, weights, dict(meta.get("info") or {}))
+                   loops, energy, weights, dict(meta.get("info") or {}), samples, baseline_samples)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -355,6 +367,7 @@ def explore_rois(
     scaling: Mapping[str, Mapping] | None = None,
     init_from: Mapping[str, str] | None = None,
     seed: int = 0,
+    samples: int = 1,
     value: float = 1.0,
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
@@ -385,6 +398,11 @@ def explore_rois(
         Chained spaces (``{"versatile": "vdvae"}``), as ``generate.init_from``.
     seed : int
         Decoding seed.
+    samples : int
+        Images drawn per ROI from a stochastic decoder (seeds ``seed .. seed + samples - 1``).
+        The closed loop averages the responses over samples and the energy analysis the energy
+        maps (each sample against the baseline of the same seed); the first sample is the one
+        shown. Deterministic decoders give identical samples.
     value : float
         Activation of ROI voxels in the synthetic pattern.
     models : ``"auto"`` or subset of :data:`CLOSED_LOOP_MODELS`
@@ -455,23 +473,33 @@ def explore_rois(
         latents[space][t] = z.reshape(len(names), *shapes[key])
         base_latents[space][t] = b.astype(np.float32).reshape(1, *shapes[key])
 
-    # ---- images (chained like the run)
-    images: dict[str, np.ndarray] = {}
-    baseline: dict[str, np.ndarray] = {}
-    for space in tqdm(chain_order(list(spaces), init_from), desc="ROI images", disable=not progress):
+    # ---- images (chained like the run); sample k is decoded with seed + k, its chain from the source's sample k
+    if int(samples) < 1:
+        raise ConfigError(f"roi.samples: expected an integer >= 1, got {samples!r}")
+    drawn: dict[str, list[np.ndarray]] = {s: [] for s in spaces}
+    drawn_base: dict[str, list[np.ndarray]] = {s: [] for s in spaces}
+    order = chain_order(list(spaces), init_from)
+    steps = [(k, space) for k in range(int(samples)) for space in order]
+    for k, space in tqdm(steps, desc="ROI images", disable=not progress):
         src = init_from.get(space)
         # the baseline rides along as the last row: one decode call per space (diffusion steps cost per call)
         both = {t: np.concatenate([latents[space][t], base_latents[space][t]]) for t in latents[space]}
-        init = None if src is None else to_float_chw(np.concatenate([images[src], baseline[src]]))
-        out = _to_uint8(spaces[space].decode(both, init=init, seed=seed))
-        images[space], baseline[space] = out[:-1], out[-1:]
-    images = {s: images[s] for s in spaces}
-    baseline = {s: baseline[s] for s in spaces}
+        init = None if src is None else to_float_chw(np.concatenate([drawn[src][k], drawn_base[src][k]]))
+        out = _to_uint8(spaces[space].decode(both, init=init, seed=seed + k))
+        drawn[space].append(out[:-1])
+        drawn_base[space].append(out[-1:])
+    images = {s: drawn[s][0] for s in spaces}
+    baseline = {s: drawn_base[s][0] for s in spaces}
 
     exploration = RoiExploration(specs, np.stack([masks[n] for n in names]), scalings, latents, images, baseline,
-                                 info={"chains": init_from, "seed": int(seed), "value": float(value),
+                                 info={"chains": init_from, "seed": int(seed), "samples": int(samples),
+                                       "value": float(value),
                                        "rois_requested": [str(e) if not isinstance(e, Mapping) else dict(e) for e in entries],
                                        "source": info.get("source")})
+    if int(samples) > 1:
+        exploration.samples = {s: np.stack(drawn[s]) for s in spaces}
+        exploration.baseline_samples = {s: np.stack(drawn_base[s]) for s in spaces}
+    scored = exploration.samples or images  # the closed loop averages over samples when there are several
 
     # ---- closed loop
     is_sim = info.get("source") == "sim" and voxel_ijk is not None and info.get("sim_root")
@@ -504,7 +532,7 @@ def explore_rois(
             }
         model = SimulatedResponses.from_sim_root(info["sim_root"], voxel_ijk, estimator)
         res = closed_loop(
-            model, images, masks, groups, natural_train=stim_tr, natural_test=stim_te,
+            model, scored, masks, groups, natural_train=stim_tr, natural_test=stim_te,
             natural_test_semantics=truth.semantics[te_ids], extra=extra,
         )
         res.extra["natural_check"] = _natural_check(res, specs, truth.semantics[te_ids], truth.categories)
@@ -520,17 +548,20 @@ def explore_rois(
         enc = VoxelwiseEncodingModel([LowLevelFeatures(), clip_features]).fit(stim_tr, np.asarray(data.array("X_train")))
         heldout = enc.score(stim_te, np.asarray(data.array("X_test")), masks)
         exploration.closed_loop["fitted"] = closed_loop(
-            enc, images, masks, groups, natural_train=stim_tr, natural_test=stim_te,
+            enc, scored, masks, groups, natural_train=stim_tr, natural_test=stim_te,
             extra={"encoding_model_heldout": heldout},
         )
 
     # ---- energy (every ROI; the retinotopic ones are the ones to read)
     ranges = {s.name: s.ecc_range for s in specs if s.ecc_range is not None}
     for space in spaces:
-        exploration.energy[space] = energy_analysis(
-            to_float_chw(images[space]), to_float_chw(baseline[space]), names, stimulus_deg=stimulus_deg,
-            prfs=prfs, nominal_ranges=ranges,
-        )
+        if exploration.samples:
+            ims = np.stack([to_float_chw(x) for x in exploration.samples[space]])
+            base = np.stack([to_float_chw(x) for x in exploration.baseline_samples[space]])
+        else:
+            ims, base = to_float_chw(images[space]), to_float_chw(baseline[space])
+        exploration.energy[space] = energy_analysis(ims, base, names, stimulus_deg=stimulus_deg,
+                                                    prfs=prfs, nominal_ranges=ranges)
 
     # ---- weights
     if weights:

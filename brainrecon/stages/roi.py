@@ -33,6 +33,7 @@ ROI_DEFAULTS: dict[str, Any] = {
     "semantic_pair": "auto",
     "ceiling_check": True,
     "decode_seed": None,
+    "samples": 4,
 }
 
 
@@ -75,13 +76,16 @@ class RoiStage(Stage):
     decode_seed : int, optional
         Seed of the decoders' sampling (default: the experiment's ``seed``); another value gives
         another sample of the same ROI-optimal latents without touching the upstream stages.
+    samples : int
+        Images drawn per ROI (seeds ``decode_seed ...``); the closed loop and the energy analysis
+        average over them, the first is shown (:func:`~brainrecon.roi.explore.explore_rois`).
     seed : int
     chains : dict
         ``generate.init_from``.
     """
 
     name = "roi"
-    version = 1
+    version = 2  # 2: several samples per ROI, ROI-latent semantics
 
     def fingerprint(self) -> dict[str, Any]:
         """Content digests of NIfTI masks (their paths are not hashed)."""
@@ -107,7 +111,7 @@ class RoiStage(Stage):
         exploration = explore_rois(
             inputs["data"], fits, extracts, {s: spaces[s] for s in fits},
             rois=p["rois"], scaling=p["scaling"], init_from=p.get("chains") or {},
-            seed=int(p["decode_seed"] if p["decode_seed"] is not None else p.get("seed", 0)),
+            seed=int(p["decode_seed"] if p["decode_seed"] is not None else p.get("seed", 0)), samples=int(p["samples"]),
             value=float(p["value"]), models=p["models"], clip_path=str(p["clip_weights"]),
             readout_kernel=str(p["readout_kernel"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
             semantic_pair=p["semantic_pair"], device=str(ctx.resources.get("device", "cpu")),

@@ -231,6 +231,30 @@ def test_closed_loop_table_and_acceptance():
     assert "q0" in res.format_table("toy")
 
 
+def test_closed_loop_averages_samples_and_reports_them():
+    rng = np.random.default_rng(1)
+    masks = {f"q{k}": np.arange(12) // 3 == k for k in range(4)}
+    groups = {k: "category" for k in masks}
+    samples = np.full((3, 4, 8, 8, 3), 100, np.uint8)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        samples[:, k, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] = 250
+    samples[2, 0] = 100  # one of q0's three samples brightens another quadrant instead
+    samples[2, 0, 4:, 4:] = 250
+    nat_tr, nat_te = _quadrant_images(rng, 50), _quadrant_images(rng, 40)
+    res = closed_loop(_QuadrantModel(), {"toy": samples}, masks, groups, natural_train=nat_tr, natural_test=nat_te)
+    each = [closed_loop(_QuadrantModel(), {"toy": x}, masks, groups, natural_train=nat_tr, natural_test=nat_te)
+            for x in samples]
+    np.testing.assert_allclose(res.responses["toy"], np.mean([e.responses["toy"] for e in each], axis=0))
+    rows = {r["roi"]: r for r in res.table("toy")}
+    assert rows["q0"]["samples"] == 3 and rows["q0"]["samples_selective"] == pytest.approx(2 / 3)
+    assert rows["q1"]["samples_selective"] == 1.0 and rows["q0"]["samples_percentile_min"] < 90
+    again = ClosedLoopResult.from_json(json.loads(json.dumps(res.to_json())))
+    np.testing.assert_allclose(again.sample_responses["toy"], res.sample_responses["toy"])
+    with pytest.raises(ShapeMismatchError):
+        closed_loop(_QuadrantModel(), {"toy": samples[:, :3]}, masks, groups, natural_train=nat_tr, natural_test=nat_te)
+
+
 def test_percentile_and_roi_means():
     assert percentile_of(5.0, np.array([1.0, 5.0, 9.0, 2.0])) == pytest.approx(62.5)
     Z = np.arange(12, dtype=float).reshape(2, 6)
@@ -272,6 +296,20 @@ def test_ring_profile_and_preferred_eccentricity_follow_a_ring():
     # a pRF blob correlates with an energy blob at the same place
     cov = prf_coverage(np.array([1.5]), np.array([1.0]), np.array([0.5]), size, deg)
     assert np.unravel_index(cov.argmax(), cov.shape) == (np.argmin(np.abs(-c - 1.0)), np.argmin(np.abs(c - 1.5)))
+
+
+def test_energy_of_samples_is_the_mean_of_each_against_its_own_baseline():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, size=(2, 1, 3, 32, 32)).astype(np.float32)  # per-seed baselines differ
+    imgs = np.repeat(base, 2, axis=1).copy()
+    imgs[:, 0, :, 12:20, 12:20] += 0.3  # ROI a: a central change in every sample
+    imgs[:, 1, :, :4, :4] += 0.3  # ROI b: a corner change
+    res = energy_analysis(np.clip(imgs, 0, 1), base, ["a", "b"], size=32)
+    single = energy_analysis(np.clip(imgs[0], 0, 1), base[0], ["a", "b"], size=32)
+    assert res.preferred_ecc[0] < res.preferred_ecc[1]
+    assert res.profile.shape == single.profile.shape == (2, 5)
+    with pytest.raises(ShapeMismatchError):
+        energy_analysis(imgs, base[:1], ["a", "b"], size=32)
 
 
 # ------------------------------------------------------------------------------ weights
