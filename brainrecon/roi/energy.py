@@ -14,6 +14,11 @@ colour channels. Measures:
 ``coverage_r``
     Pearson r between the energy map and the ROI's pRF coverage map (sum of the voxels'
     Gaussian pRFs), where pRFs are known (simulated data).
+``effective_r`` and ``reference_ecc``
+    Where a *reference* sensitivity map of the ROI is given (simulated data: the effective
+    receptive fields of the simulator, :meth:`brainrecon.sim.encoding.EncodingModel.spatial_sensitivity`,
+    i.e. the pRFs as seen through the model's pooled features), the Pearson r of the energy map
+    with it and the map's own preferred eccentricity: where the ROI actually looks.
 
 For the eccentricity bands, :func:`ordering` gives the Spearman correlation between band order
 and preferred eccentricity and whether the order is strictly centre to periphery.
@@ -141,12 +146,16 @@ class EnergyResult:
     preferred_ecc: np.ndarray      # (n_rois,)
     coverage_r: np.ndarray | None = None  # (n_rois,)
     nominal_ecc: dict[str, float] = field(default_factory=dict)
+    effective_r: np.ndarray | None = None  # (n_rois,)
+    reference_ecc: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"rois": self.rois, "edges": self.edges, "stimulus_deg": self.stimulus_deg,
                 "profile": self.profile.tolist(), "preferred_ecc": self.preferred_ecc.tolist(),
                 "coverage_r": None if self.coverage_r is None else self.coverage_r.tolist(),
-                "nominal_ecc": self.nominal_ecc}
+                "nominal_ecc": self.nominal_ecc,
+                "effective_r": None if self.effective_r is None else self.effective_r.tolist(),
+                "reference_ecc": self.reference_ecc}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EnergyResult:
@@ -154,9 +163,10 @@ class EnergyResult:
             return np.array([np.nan if x is None else x for x in np.ravel(np.asarray(v, dtype=object))],
                             dtype=float).reshape(np.shape(v))
 
-        cov = d.get("coverage_r")
+        cov, eff = d.get("coverage_r"), d.get("effective_r")
         return cls(list(d["rois"]), [float(e) for e in d["edges"]], float(d["stimulus_deg"]), arr(d["profile"]),
-                   arr(d["preferred_ecc"]), None if cov is None else arr(cov), dict(d.get("nominal_ecc") or {}))
+                   arr(d["preferred_ecc"]), None if cov is None else arr(cov), dict(d.get("nominal_ecc") or {}),
+                   None if eff is None else arr(eff), dict(d.get("reference_ecc") or {}))
 
 
 def energy_analysis(
@@ -168,6 +178,7 @@ def energy_analysis(
     edges: Sequence[float] = DEFAULT_RING_EDGES,
     prfs: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     nominal_ranges: Mapping[str, tuple[float, float]] | None = None,
+    reference_maps: Mapping[str, np.ndarray] | None = None,
     size: int = 128,
 ) -> EnergyResult:
     """Energy profile, preferred eccentricity and pRF-coverage correlation of ROI images.
@@ -183,6 +194,8 @@ def energy_analysis(
         Known pRFs (simulated data) for ``coverage_r``.
     nominal_ranges : mapping ROI -> (lo, hi) degrees, optional
         Nominal eccentricity of eccentricity bands (reported as the geometric middle).
+    reference_maps : mapping ROI -> (size, size) sensitivity map, optional
+        Where each ROI actually looks (``effective_r``, ``reference_ecc``).
     """
     images, baseline = np.asarray(images), np.asarray(baseline)
     if images.ndim == 5:  # (samples, n_rois, 3, H, W): the expected energy over the decoder's samples
@@ -206,11 +219,23 @@ def energy_analysis(
                 m = maps[i]
                 if m.std() > 0 and c.std() > 0:
                     cov[i] = float(np.corrcoef(m.ravel(), c.ravel())[0, 1])
+    eff, ref_ecc = None, {}
+    if reference_maps:
+        eff = np.full(len(rois), np.nan)
+        for i, r in enumerate(rois):
+            if r not in reference_maps:
+                continue
+            m = np.asarray(reference_maps[r], dtype=np.float64)
+            if m.shape != (size, size):
+                raise ShapeMismatchError(f"reference map of {r!r}", (size, size), m.shape)
+            ref_ecc[r] = float(preferred_eccentricity(ring_profile(m[None], stimulus_deg, edges), edges, stimulus_deg)[0])
+            if maps[i].std() > 0 and m.std() > 0:
+                eff[i] = float(np.corrcoef(maps[i].ravel(), m.ravel())[0, 1])
     nominal = {}
     for r, (lo, hi) in (nominal_ranges or {}).items():
         hi_eff = hi if np.isfinite(hi) else stimulus_deg / np.sqrt(2.0)
         nominal[r] = hi_eff / 2.0 if lo == 0 else float(np.sqrt(lo * hi_eff))
-    return EnergyResult(list(rois), [float(e) for e in edges], float(stimulus_deg), prof, pref, cov, nominal)
+    return EnergyResult(list(rois), [float(e) for e in edges], float(stimulus_deg), prof, pref, cov, nominal, eff, ref_ecc)
 
 
 def ordering(values: Sequence[float]) -> dict[str, Any]:

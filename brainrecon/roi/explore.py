@@ -43,6 +43,9 @@ from brainrecon.roi.synthesis import RoiScaling, TargetStats, decoder_intercept,
 from brainrecon.roi.weights import WeightAnalysis, weight_analysis
 
 
+#: Working resolution of the energy analysis (pixels).
+ENERGY_SIZE = 128
+
 __all__ = ["RoiExploration", "explore_rois", "data_labels", "chain_order", "weights_across_subjects", "CLOSED_LOOP_MODELS"]
 
 #: Encoding models of the closed loop: ``truth`` (the simulator's model; simulated data) and ``fitted`` (any data).
@@ -123,8 +126,13 @@ class RoiExploration:
         if len(bands) < 2 or space not in self.energy:
             return None
         bands.sort(key=lambda i: self.specs[i].ecc_range[0])
-        out = ordering([self.energy[space].preferred_ecc[i] for i in bands])
+        e = self.energy[space]
+        out = ordering([e.preferred_ecc[i] for i in bands])
         out["rois"] = [self.specs[i].name for i in bands]
+        names = out["rois"]
+        if all(n in e.reference_ecc for n in names):  # the same ordering of where the bands actually look
+            ref = ordering([e.reference_ecc[n] for n in names])
+            out["reference_values"], out["reference_strictly_increasing"] = ref["values"], ref["strictly_increasing"]
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -179,10 +187,16 @@ class RoiExploration:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["values"]))
                 lines.append(f"\n{sp}: preferred eccentricity of the band images (deg): {vals}; Spearman "
                              f"{f(order['spearman'])}, strictly increasing: {order['strictly_increasing']}")
+            if order is not None and "reference_values" in order:
+                vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["reference_values"]))
+                lines.append(f"{sp}: preferred eccentricity of the bands' effective receptive fields (deg): {vals}")
             e = self.energy.get(sp)
             if e is not None and e.coverage_r is not None:
                 cov = ", ".join(f"{r} {f(c)}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
                 lines.append(f"{sp}: r(energy map, pRF coverage): {cov}")
+            if e is not None and e.effective_r is not None:
+                cov = ", ".join(f"{r} {f(c)}" for r, c in zip(e.rois, e.effective_r) if np.isfinite(c))
+                lines.append(f"{sp}: r(energy map, effective receptive fields): {cov}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence
@@ -540,10 +554,19 @@ def explore_rois(
                                                               estimator(stim_te))
         exploration.closed_loop["truth"] = res
         prf_index = model.voxel_index
-        prfs = {n: (truth.prf["x"][prf_index][m], truth.prf["y"][prf_index][m], truth.prf["sigma"][prf_index][m])
-                for n, m in masks.items() if groups[n] in ("visual", "eccentricity")}
+        retino = [n for n in names if groups[n] in ("visual", "eccentricity")]
+        prfs = {n: (truth.prf["x"][prf_index][masks[n]], truth.prf["y"][prf_index][masks[n]],
+                    truth.prf["sigma"][prf_index][masks[n]]) for n in retino}
+        # where the simulator's voxels actually look: pRFs seen through its pooled features
+        from brainrecon.sim.encoding import lowlevel_features
+
+        train_features = lowlevel_features(stim_tr, model.model.spec)
+        reference_maps = {
+            n: model.model.spatial_sensitivity(train_features, prf_index[masks[n]], size=ENERGY_SIZE).mean(0)
+            for n in retino if masks[n].any()
+        }
     else:
-        prfs = None
+        prfs, reference_maps = None, None
     if "fitted" in models:
         enc = VoxelwiseEncodingModel([LowLevelFeatures(), clip_features]).fit(stim_tr, np.asarray(data.array("X_train")))
         heldout = enc.score(stim_te, np.asarray(data.array("X_test")), masks)
@@ -560,8 +583,9 @@ def explore_rois(
             base = np.stack([to_float_chw(x) for x in exploration.baseline_samples[space]])
         else:
             ims, base = to_float_chw(images[space]), to_float_chw(baseline[space])
-        exploration.energy[space] = energy_analysis(ims, base, names, stimulus_deg=stimulus_deg,
-                                                    prfs=prfs, nominal_ranges=ranges)
+        exploration.energy[space] = energy_analysis(ims, base, names, stimulus_deg=stimulus_deg, prfs=prfs,
+                                                    nominal_ranges=ranges, reference_maps=reference_maps,
+                                                    size=ENERGY_SIZE)
 
     # ---- weights
     if weights:

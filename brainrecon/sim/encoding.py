@@ -426,6 +426,58 @@ class EncodingModel:
         """Noise-free responses (n, n_voxels) float32 to images, percent signal change."""
         return self.predict_from_features(self.features(images, semantics))
 
+    def spatial_sensitivity(
+        self, features: np.ndarray, voxels: np.ndarray | None = None, size: int | None = None
+    ) -> np.ndarray:
+        """Where each voxel's drive comes from in the image: its *effective* receptive field.
+
+        A voxel's pRF is nominal; the model sees the image through features pooled over grid
+        cells (the finest is ``model_size / grids[0]`` pixels for the Gabor energy and
+        ``model_size / lumcol_grid`` for luminance/colour), so a pRF smaller than a cell is
+        spread over the cell. The sensitivity of voxel v at pixel p is
+        ``sum_f weights[v, f] * sd_f * [p in cell(f)] / |cell(f)|`` over the pixel-computed
+        features, with ``sd_f`` the feature's standard deviation over ``features`` (a stimulus
+        set): a feature contributes in proportion to the drive variance it can cause. Each
+        voxel's map is normalised to sum 1 (as a pRF integrates to 1); voxels without low-level
+        weights give zeros.
+
+        Parameters
+        ----------
+        features : (n, n_features) or (n, n_lowlevel)
+            Features of a stimulus set (:meth:`features` or :func:`lowlevel_features`).
+        voxels : (k,) int or bool, optional
+            Voxels to map (default all).
+        size : int, optional
+            Map side in pixels (default ``model_size``); cells are mapped to the nearest pixels.
+
+        Returns
+        -------
+        (k, size, size) float64, row 0 at the top of the image.
+        """
+        spec = self.spec
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] not in (spec.n_lowlevel, spec.n_features):
+            raise ShapeMismatchError("features", f"(n, {spec.n_lowlevel}) or (n, {spec.n_features})", f.shape)
+        sd = f[:, : spec.n_lowlevel].std(axis=0)
+        W = self.weights[:, : spec.n_lowlevel].astype(np.float64)
+        if voxels is not None:
+            W = W[np.asarray(voxels)]
+        W = W * sd[None, :]
+        size = int(size or spec.model_size)
+        out = np.zeros((len(W), size, size))
+        col = 0
+        blocks = [(g, spec.n_orientations) for g in spec.grids] + [(spec.lumcol_grid, 2 * len(LUMCOL_CHANNELS))]
+        for g, n_maps in blocks:
+            # (k, g, g) summed weight per cell over the block's maps, then spread evenly over the cell's pixels
+            cells = W[:, col : col + n_maps * g * g].reshape(len(W), n_maps, g, g).sum(1)
+            col += n_maps * g * g
+            edges = np.linspace(0, size, g + 1)
+            idx = np.minimum(np.searchsorted(edges, np.arange(size) + 0.5, side="right") - 1, g - 1)
+            area = np.bincount(idx, minlength=g).astype(np.float64)  # pixels per cell along one axis
+            out += (cells / (area[None, :, None] * area[None, None, :]))[:, idx][:, :, idx]
+        tot = out.sum(axis=(1, 2), keepdims=True)
+        return np.divide(out, tot, out=np.zeros_like(out), where=tot > 0)
+
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | Path) -> None:
         """Write ``model.npz`` (arrays) and ``model.json`` (feature spec, names) into ``folder``."""

@@ -279,3 +279,28 @@ def test_save_load_round_trip(model_and_stimuli, tmp_path):
     np.testing.assert_array_equal(loaded.voxels["prf_x"], vox.prf_x)
     with pytest.raises(MissingDataError):
         EncodingModel.load(tmp_path / "missing")
+
+
+def test_spatial_sensitivity_is_where_the_voxel_looks(model_and_stimuli):
+    """Effective receptive fields: peaks at the pRF, sum to 1, move with eccentricity; a weight planted on one
+    luminance cell maps onto that cell's pixels only."""
+    model, stim, feats, vox = model_and_stimuli
+    area = vox.area()
+    early = np.flatnonzero(np.isin(area, ["V1", "V2", "V3", "hV4"]))
+    maps = model.spatial_sensitivity(feats, early, size=64)
+    assert maps.shape == (len(early), 64, 64)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0)
+    c = (np.arange(64) + 0.5) / 64 * SPEC.stimulus_deg - SPEC.stimulus_deg / 2
+    ecc_px = np.hypot(c[None, :], -c[:, None])
+    centre_ecc = (maps * ecc_px).sum(axis=(1, 2))  # sensitivity-weighted eccentricity
+    assert np.corrcoef(centre_ecc, vox.prf_ecc[early])[0, 1] > 0.8
+    floc = np.flatnonzero(area == "floc")[:3]
+    assert np.all(model.spatial_sensitivity(feats, floc)[:, :, :].sum(axis=(1, 2)) >= 0)
+    toy = EncodingModel(SPEC, np.zeros((1, SPEC.n_features), np.float32), *(np.zeros(1) for _ in range(5)))
+    g = SPEC.lumcol_grid
+    toy.weights[0, SPEC.n_energy + 2 * g + 5] = 1.0  # lum-on, cell row 2, column 5
+    m = toy.spatial_sensitivity(feats, size=SPEC.model_size)[0]
+    k = SPEC.model_size // g
+    assert m[2 * k:3 * k, 5 * k:6 * k].sum() == pytest.approx(1.0) and m.max() == pytest.approx(1 / k**2)
+    with pytest.raises(ShapeMismatchError):
+        toy.spatial_sensitivity(feats[:, :10])
