@@ -22,7 +22,7 @@ stage for each configuration (about 30 s each on 2 CPU cores).
 
 Usage::
 
-    python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seed1 seed2 vdvae_train_norm]
+    python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seeds4to7 vdvae_train_norm]
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ if str(REPO) not in sys.path:
 
 #: roi-stage configurations: Hydra overrides on top of conf/roi_explore.yaml.
 CONFIGS: dict[str, list[str]] = {
-    "reference": [],
-    "seed1": ["roi.decode_seed=1"],
-    "seed2": ["roi.decode_seed=2"],
+    "reference": [],  # roi.samples (4) draws per ROI, seeds 0-3
+    "seeds4to7": ["roi.decode_seed=4"],  # four other draws of the same latents
     "vdvae_train_norm": ["+roi.scaling.vdvae.z.method=train_norm"],
 }
 
@@ -90,6 +89,9 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             print(f"     natural test stimuli, {roi} ROI: drive with/without {row['category']} "
                   f"{e['drive_with']:+.2f}/{e['drive_without']:+.2f} (true areas {t['drive_with']:+.2f}/{t['drive_without']:+.2f}); "
                   f"top-10 contain it {e['top10_with_category']}/10 ({t['top10_with_category']}/10)")
+        for sp, rows in (res.extra.get("roi_latent_semantics") or {}).items():
+            print(f"     {sp} ROI latents before generation (CLIP-vision token 0): " + ", ".join(
+                f"{roi} {r['category']} {r['latent_area']:.3f} ({r['percentile_vs_test']:.0f}th pct)" for roi, r in rows.items()))
         enc = res.extra.get("encoding_model_heldout")
         if enc:
             print(f"     encoding model held-out median voxel r: {enc['median_r']:.3f}")
@@ -100,9 +102,12 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             print(f"     {sp:<10} acceptance 1: {'PASS' if acc['passed'] else 'FAIL'}")
             for r in rows:
                 true_pct = r.get("percentile_true_semantics")
+                draws = "" if "samples" not in r else (f"  draws: selective {r['samples_selective']:.2f}, "
+                                                        f"lowest pct {r['samples_percentile_min']:.0f}")
                 print(f"       {r['roi']:<7} drive {r['response']:+.2f}  best other {r['best_other_roi']:<7} "
                       f"{r['best_other_response']:+.2f}  selective {'yes' if r['selective'] else 'no ':<3}  "
-                      f"pct {r['percentile']:5.1f}" + ("" if true_pct is None else f"  (true sem. {true_pct:5.1f})"))
+                      f"pct {r['percentile']:5.1f}" + ("" if true_pct is None else f"  (true sem. {true_pct:5.1f})")
+                      + draws)
     for sp in ex.spaces:
         order = ex.eccentricity_ordering(sp)
         e = ex.energy[sp]
@@ -110,9 +115,15 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
             print(f"  {sp:<10} acceptance 2: preferred ecc (deg) {vals} | Spearman {order['spearman']:.2f}, "
                   f"strictly increasing {order['strictly_increasing']}")
+            if "reference_values" in order:
+                ref = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["reference_values"]))
+                print(f"  {'':<10} the bands' effective receptive fields (deg) {ref}")
         if e.coverage_r is not None:
             cov = "  ".join(f"{r} {c:+.2f}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
             print(f"  {sp:<10} r(energy map, pRF coverage): {cov}")
+        if e.effective_r is not None:
+            cov = "  ".join(f"{r} {c:+.2f}" for r, c in zip(e.rois, e.effective_r) if np.isfinite(c))
+            print(f"  {sp:<10} r(energy map, effective receptive fields): {cov}")
     return flags
 
 

@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-iters", type=int, default=200)
+    p.add_argument("--lr-decay", choices=("none", "cosine"), default="none",
+                   help="diffusion learning rate after warm-up: constant, or cosine to 0 at --unet-iters (needs it)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema-rate", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0)
@@ -113,7 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-steps", type=int, default=50)
     p.add_argument("--eval-blur", type=int, default=16, help="the blurred start image is downsampled to this size")
     p.add_argument("--log-every", type=int, default=50)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.lr_decay == "cosine" and args.unet_iters is None:
+        p.error("--lr-decay cosine needs --unet-iters (the step the cosine reaches 0)")
+    return args
 
 
 # ------------------------------------------------------------------------------------ data
@@ -237,6 +242,17 @@ def steps(n: int | None) -> Any:
     return range(n) if n is not None else itertools.count()
 
 
+def lr_factor(it: int, warmup: int, total: int | None, decay: str) -> float:
+    """Learning-rate multiplier at step ``it``: linear warm-up, then constant or a cosine to 0 at ``total``."""
+    warm = min(1.0, (it + 1) / max(1, warmup))
+    if decay == "none":
+        return warm
+    if total is None:
+        raise ConfigError("--lr-decay cosine needs --unet-iters (the step the cosine reaches 0)")
+    frac = min(1.0, max(0.0, (it - warmup) / max(1, total - warmup)))
+    return warm * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 def mean_window(window: list[dict], step: int) -> dict:
     return {"iter": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
 
@@ -328,7 +344,8 @@ def train_unet(args: argparse.Namespace, dual: Any, lat: tuple[Any, Any], feats:
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: min(1.0, (it + 1) / max(1, args.warmup_iters)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: lr_factor(it, args.warmup_iters, args.unet_iters, args.lr_decay))
     ema = copy.deepcopy(dual).requires_grad_(False)
     gen = torch.Generator().manual_seed(args.seed + 1)
     trace, window = [], []
