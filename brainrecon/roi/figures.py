@@ -188,6 +188,10 @@ def eccentricity_figure(energy: Mapping[str, Any], specs: Sequence[Any], *, titl
             y = [e.preferred_ecc[e.rois.index(s.name)] for s in bands]
             ax.plot(x, y, "-o", label=space, ms=5)
     if bands:
+        ref = next((energy[sp] for sp in spaces if all(s.name in energy[sp].reference_ecc for s in bands)), None)
+        if ref is not None:  # where the bands actually look (the simulator's effective receptive fields)
+            ax.plot([ref.nominal_ecc.get(s.name, np.nan) for s in bands], [ref.reference_ecc[s.name] for s in bands],
+                    ls=":", marker="s", color="#444444", ms=4, label="effective RFs")
         lims = [0.2, 8.0]
         ax.plot(lims, lims, ls="--", color="#999999", lw=0.8, label="identity")
         ax.set_xscale("log")
