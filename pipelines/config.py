@@ -6,11 +6,15 @@ experiment and instantiate it without running it.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from brainrecon.errors import BrainreconError, ConfigError
 from brainrecon.latents.base import LatentSpace
@@ -48,3 +52,24 @@ def build_spaces(cfg: DictConfig) -> dict[str, LatentSpace]:
             raise ConfigError(f"latents.{name}: {node['_target_']} does not implement the LatentSpace protocol")
         spaces[name] = space
     return spaces
+
+
+def run_reporting_errors(execute: Callable[[DictConfig], Any], cfg: DictConfig) -> None:
+    """Run ``execute(cfg)``; errors raised on purpose print as one short line and exit with status 2.
+
+    The ``@hydra.main`` entry points share this so that a missing file, a wrong parameter or a
+    mandatory value left unset reads the same everywhere; ``HYDRA_FULL_ERROR=1`` re-raises.
+    """
+    try:
+        execute(cfg)
+    except (BrainreconError, OmegaConfBaseException) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if isinstance(exc, OmegaConfBaseException):  # e.g. a mandatory value (???) left unset
+            key = getattr(exc, "full_key", None)
+            msg = f"config key {key}: {exc.msg}" if key else str(exc).splitlines()[0]
+        else:
+            msg = str(exc)
+        print(f"brainrecon: error: {msg}", file=sys.stderr)
+        print("(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)

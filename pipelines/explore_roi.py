@@ -20,17 +20,13 @@ Examples
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from brainrecon.errors import BrainreconError
-from pipelines.config import build_spaces, to_plain
+from pipelines.config import build_spaces, run_reporting_errors, to_plain
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("brainrecon")
@@ -78,19 +74,7 @@ def execute(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="roi_explore")
 def _main(cfg: DictConfig) -> None:
-    try:
-        execute(cfg)
-    except (BrainreconError, OmegaConfBaseException) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if isinstance(exc, OmegaConfBaseException):
-            key = getattr(exc, "full_key", None)
-            msg = f"config key {key}: {exc.msg}" if key else str(exc).splitlines()[0]
-        else:
-            msg = str(exc)
-        print(f"brainrecon: error: {msg}", file=sys.stderr)
-        print("(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(execute, cfg)
 
 
 def main() -> None:

@@ -8,16 +8,12 @@ short message; ``HYDRA_FULL_ERROR=1`` shows the full traceback.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from brainrecon.errors import BrainreconError
-from pipelines.config import build_spaces, to_plain
+from pipelines.config import build_spaces, run_reporting_errors, to_plain
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("brainrecon")
@@ -46,19 +42,7 @@ def execute(cfg: DictConfig) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="run")
 def _main(cfg: DictConfig) -> None:
-    try:
-        execute(cfg)
-    except (BrainreconError, OmegaConfBaseException) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if isinstance(exc, OmegaConfBaseException):  # e.g. a mandatory value (???) left unset
-            key = getattr(exc, "full_key", None)
-            msg = f"config key {key}: {exc.msg}" if key else str(exc).splitlines()[0]
-        else:
-            msg = str(exc)
-        print(f"brainrecon: error: {msg}", file=sys.stderr)
-        print("(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(execute, cfg)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from brainrecon.errors import ConfigError, ShapeMismatchError
+from brainrecon.metrics.identification import bootstrap_ci, permutation_pvalue
 
 __all__ = ["PairedDifference", "paired_difference", "compare_methods"]
 
@@ -93,8 +94,6 @@ def paired_difference(
     d = a[ok] - b[ok]
     if d.size < 2:
         raise ShapeMismatchError("paired per-image scores", ">= 2 images with finite scores for both", int(d.size))
-    from brainrecon.metrics.identification import bootstrap_ci, permutation_pvalue
-
     diff = float(d.mean())
     lo, hi = bootstrap_ci(d, n_boot=n_boot, level=ci_level, seed=seed)
     signs = np.random.default_rng(seed + 1).choice(np.array([-1.0, 1.0]), size=(n_perm, d.size))
