@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,12 +63,7 @@ class Reconstructor:
             if len(rows) != 1 or (n is not None and rows != {n}):
                 raise ShapeMismatchError(f"Reconstructor latents[{name!r}] rows", n if n is not None else "one count", sorted(rows))
             n = rows.pop()
-            parts = []
-            for start in range(0, n, self.batch_size):
-                sl = slice(start, min(start + self.batch_size, n))
-                init = None if previous is None else previous[sl]
-                parts.append(space.decode({k: v[sl] for k, v in lat.items()}, init=init, seed=seed + start))
-            previous = np.concatenate(parts).astype(np.float32, copy=False)
+            previous = _decode_batched(space, lat, previous, self.batch_size, seed)
             out[name] = previous
         return out
 
@@ -75,3 +71,72 @@ class Reconstructor:
 def brain_diffuser(vdvae: LatentSpace, versatile: LatentSpace, batch_size: int = 32) -> Reconstructor:
     """Brain-Diffuser's chain: VDVAE image, then Versatile Diffusion img2img from it."""
     return Reconstructor([("vdvae", vdvae), ("versatile", versatile)], batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- strength calibration
+#: Metrics scored on the held-out images (those the acceptance of a chain looks at).
+CALIBRATION_METRICS: tuple[str, ...] = ("PixCorr", "SSIM", "EffNet-Lite0 2-way", "CLIP-small 2-way", "CLIP 2-way",
+                                        "Inception 2-way")
+
+
+def choose_strength(pixcorr: Mapping[float, float], reference: float, max_drop: float = 0.2) -> float | None:
+    """The largest strength whose PixCorr stays within ``max_drop`` (relative) of ``reference``.
+
+    The rule keeps the most semantic change img2img allows while the layout of the image it
+    starts from survives; None when no strength keeps it.
+
+    Parameters
+    ----------
+    pixcorr : mapping of float to float
+        Mean PixCorr of the chain's images per strength (held-out training images).
+    reference : float
+        Mean PixCorr of the images the chain starts from, on the same images.
+    max_drop : float
+        Largest relative loss allowed, in [0, 1).
+    """
+    if not 0.0 <= max_drop < 1.0:
+        raise ConfigError(f"max_pixcorr_drop: expected a value in [0, 1), got {max_drop}")
+    floor = (1.0 - max_drop) * float(reference)
+    ok = [float(s) for s, v in pixcorr.items() if np.isfinite(v) and v >= floor]
+    return max(ok) if ok else None
+
+
+def _decode_batched(space: LatentSpace, latents: Mapping[str, np.ndarray], init: np.ndarray | None,
+                    batch_size: int, seed: int) -> np.ndarray:
+    n = len(next(iter(latents.values())))
+    parts = []
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        parts.append(space.decode({k: v[sl] for k, v in latents.items()},
+                                  init=None if init is None else init[sl], seed=seed + start))
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def strength_sweep(
+    init_space: LatentSpace,
+    init_latents: Mapping[str, np.ndarray],
+    space: Any,
+    latents: Mapping[str, np.ndarray],
+    strengths: Sequence[float],
+    *,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Images of a two-stage chain at several img2img strengths of its second stage.
+
+    Returns ``{"init": first-stage images, "strength=<s>": second-stage images, ...}``, each
+    ``(n, 3, H, W)`` in [0, 1]; every strength starts from the same first-stage images and seeds.
+    ``space`` must offer ``with_strength`` (:class:`~brainrecon.latents.versatile.VersatileSpace`).
+    """
+    from tqdm.auto import tqdm
+
+    if not hasattr(space, "with_strength"):
+        raise ConfigError(f"strength_sweep: the space {getattr(space, 'name', space)!r} has no img2img strength")
+    if not strengths:
+        raise ConfigError("strengths: expected at least one value, got none")
+    init = _decode_batched(init_space, init_latents, None, batch_size, seed)
+    out = {"init": init}
+    for s in tqdm(list(strengths), desc="img2img strengths", disable=not progress):
+        out[f"strength={float(s):g}"] = _decode_batched(space.with_strength(float(s)), latents, init, batch_size, seed)
+    return out

@@ -103,7 +103,8 @@ def _to_hwc(img: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(img, dtype=np.float32).transpose(1, 2, 0), 0, 1)
 
 
-def _figure(**kwargs: Any) -> Any:
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` not registered with pyplot (``kwargs`` as ``Figure``)."""
     # a bare Figure renders with the Agg canvas and leaves pyplot's global state (and the
     # user's backend, e.g. in a notebook) untouched
     from matplotlib.figure import Figure
@@ -111,16 +112,21 @@ def _figure(**kwargs: Any) -> Any:
     return Figure(**kwargs)
 
 
-def _png_bytes(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (100 dpi, tight bounding box)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _grid_figure(stimuli: np.ndarray, recons: Mapping[str, np.ndarray], idx: Sequence[int], title: str) -> bytes:
+def grid_png(stimuli: np.ndarray, recons: Mapping[str, np.ndarray], idx: Sequence[int], title: str) -> bytes:
+    """PNG of a grid: the stimuli ``idx`` on the first row, one row per entry of ``recons``.
+
+    Images are ``(n, 3, H, W)`` float in [0, 1]; columns are titled with the image index.
+    """
     rows = [("Stimulus", stimuli)] + list(recons.items())
     cols = len(idx)
-    fig = _figure(figsize=(1.3 * cols + 1.2, 1.3 * len(rows)))
+    fig = new_figure(figsize=(1.3 * cols + 1.2, 1.3 * len(rows)))
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c, i in enumerate(idx):
@@ -133,7 +139,7 @@ def _grid_figure(stimuli: np.ndarray, recons: Mapping[str, np.ndarray], idx: Seq
             if r == 0:
                 ax.set_title(str(i), fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _bars_figure(methods: Mapping[str, SuiteResult]) -> bytes | None:
@@ -146,7 +152,7 @@ def _bars_figure(methods: Mapping[str, SuiteResult]) -> bytes | None:
         return None
     ncol = min(4, len(names))
     nrow = math.ceil(len(names) / ncol)
-    fig = _figure(figsize=(3.2 * ncol, 2.6 * nrow))
+    fig = new_figure(figsize=(3.2 * ncol, 2.6 * nrow))
     axes = fig.subplots(nrow, ncol, squeeze=False)
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = list(methods)
@@ -172,7 +178,7 @@ def _bars_figure(methods: Mapping[str, SuiteResult]) -> bytes | None:
         ax.axis("off")
     fig.suptitle("Means with bootstrap CIs (dashed: chance)", fontsize=10)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 def _rank_metric(result: SuiteResult, preferred: str | None) -> str | None:
@@ -192,7 +198,7 @@ def _best_worst_figure(
     order = np.argsort(-score if v.higher_is_better else score, kind="stable")
     n = min(n, len(order) // 2 if len(order) > 1 else 1)
     groups = [("best", order[:n]), ("worst", order[::-1][:n])]
-    fig = _figure(figsize=(1.4 * 2 * n, 3.2))
+    fig = new_figure(figsize=(1.4 * 2 * n, 3.2))
     axes = fig.subplots(2, 2 * n, squeeze=False)
     for g, (label, idx) in enumerate(groups):
         for c, i in enumerate(idx):
@@ -207,7 +213,7 @@ def _best_worst_figure(
                 axes[0, 0].set_ylabel("stimulus", fontsize=8)
                 axes[1, 0].set_ylabel(method, fontsize=8)
     fig.suptitle(f"{method}: best and worst by {metric}", fontsize=10, y=1.06)
-    return _png_bytes(fig)
+    return png_bytes(fig)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -367,7 +373,7 @@ def write_report(
         '<p class="note">Files: <a href="metrics.json">metrics.json</a>, <a href="per_image.csv">per_image.csv</a>, '
         '<a href="figures/">figures/</a></p>',
         "<h2>Stimuli and reconstructions</h2>",
-        save("grid.png", _grid_figure(stimuli, reconstructions, idx, "first images: stimulus (top) and each method")),
+        save("grid.png", grid_png(stimuli, reconstructions, idx, "first images: stimulus (top) and each method")),
     ]
     for k, (name, stages) in enumerate((chains or {}).items()):
         unknown = [m for m in stages if m not in reconstructions]
@@ -375,7 +381,7 @@ def write_report(
             raise ShapeMismatchError(f"chains[{name!r}] methods", sorted(reconstructions), stages, f"unknown {unknown}")
         parts += [
             f"<h3>{html.escape(name)}, stage by stage</h3>",
-            save(f"chain_{k}.png", _grid_figure(stimuli, {m: reconstructions[m] for m in stages}, idx,
+            save(f"chain_{k}.png", grid_png(stimuli, {m: reconstructions[m] for m in stages}, idx,
                                                 f"{name}: stimulus, then {' -> '.join(stages)}")),
         ]
     parts += [

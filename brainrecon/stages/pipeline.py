@@ -52,7 +52,7 @@ def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _predict_params(section: dict[str, Any], space: str) -> dict[str, Any]:
+def predict_params(section: dict[str, Any], space: str) -> dict[str, Any]:
     """The predict section as one space sees it: a per-space ``rescale`` mapping is resolved here.
 
     ``predict.rescale`` is a method name for every target, or a mapping with an optional
@@ -129,7 +129,7 @@ def build_stages(cfg: Mapping[str, Any], spaces: Mapping[str, LatentSpace]) -> d
             label=f"fit/{name}",
         )
         pred = PredictStage(
-            _predict_params(_section(cfg, "predict"), name),
+            predict_params(_section(cfg, "predict"), name),
             {"data": data, "extract": ex, "fit": fit},
             scope=scope,
             resources=res,

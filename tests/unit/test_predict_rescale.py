@@ -5,30 +5,30 @@ from __future__ import annotations
 import pytest
 
 from brainrecon.errors import ConfigError
-from brainrecon.stages.pipeline import _predict_params
-from brainrecon.stages.predict import _methods_per_target
+from brainrecon.stages.pipeline import predict_params
+from brainrecon.decoding.holdout import methods_per_target
 
 
 def test_one_method_for_every_target():
-    assert _methods_per_target("paper", ["a", "b"]) == {"a": "paper", "b": "paper"}
+    assert methods_per_target("paper", ["a", "b"]) == {"a": "paper", "b": "paper"}
 
 
 def test_mapping_with_default():
-    got = _methods_per_target({"instance": "paper", "default": "none"}, ["instance", "noise", "dense"])
+    got = methods_per_target({"instance": "paper", "default": "none"}, ["instance", "noise", "dense"])
     assert got == {"instance": "paper", "noise": "none", "dense": "none"}
-    assert _methods_per_target({"instance": "train_stats"}, ["instance", "noise"])["noise"] == "none"
+    assert methods_per_target({"instance": "train_stats"}, ["instance", "noise"])["noise"] == "none"
 
 
 def test_unknown_target_or_method_is_named():
     with pytest.raises(ConfigError, match=r"unknown target\(s\) \['nosie'\]"):
-        _methods_per_target({"nosie": "paper"}, ["noise"])
+        methods_per_target({"nosie": "paper"}, ["noise"])
     with pytest.raises(ConfigError, match=r"predict.rescale \(noise\): expected one of .*got 'papr'"):
-        _methods_per_target("papr", ["noise"])
+        methods_per_target("papr", ["noise"])
 
 
 def test_pipeline_hands_each_space_its_own_entry():
     section = {"rescale": {"default": "train_stats", "icgan": {"instance": "paper", "default": "none"}}}
-    assert _predict_params(section, "icgan")["rescale"] == {"instance": "paper", "default": "none"}
-    assert _predict_params(section, "bigbigan")["rescale"] == "train_stats"
-    assert _predict_params({"rescale": "paper"}, "vdvae")["rescale"] == "paper"
-    assert _predict_params({}, "vdvae")["rescale"] == "none"
+    assert predict_params(section, "icgan")["rescale"] == {"instance": "paper", "default": "none"}
+    assert predict_params(section, "bigbigan")["rescale"] == "train_stats"
+    assert predict_params({"rescale": "paper"}, "vdvae")["rescale"] == "paper"
+    assert predict_params({}, "vdvae")["rescale"] == "none"

@@ -9,7 +9,7 @@ from test_vd_clip import _bpe_files  # tiny byte-pair tokenizer files in the pub
 from test_vd_dual_guided import D, write_checkpoint  # tiny random diffusion parts, context width D
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from brainrecon.errors import MissingDataError, MissingWeightsError, ShapeMismatchError
+from brainrecon.errors import ConfigError, MissingDataError, MissingWeightsError, ShapeMismatchError
 from brainrecon.latents.base import LatentSpace, Stimuli, check_latent_space
 from brainrecon.latents.versatile import VersatileSpace
 
@@ -98,3 +98,18 @@ def test_published_layout_loads_through_the_experiment_config(vd_dir, tmp_path):
     Z = space.encode(_stimuli(2))
     img = space.decode(Z, init=np.full((2, 3, 16, 16), 0.5, np.float32), seed=0)
     assert img.shape == (2, 3, 16, 16) and np.isfinite(img).all()
+
+
+def test_with_strength_shares_the_models_and_changes_only_the_strength(vd_dir):
+    space = VersatileSpace(str(vd_dir), steps=4, strength=0.75, image_size=16, progress=False)
+    Z = space.encode(_stimuli(2))
+    init = np.full((2, 3, 16, 16), 0.8, np.float32)
+    low = space.with_strength(0.25)
+    assert (low.strength, space.strength) == (0.25, 0.75)
+    assert low.pipeline() is space.pipeline()
+    np.testing.assert_array_equal(space.with_strength(0.75).decode(Z, init=init, seed=1), space.decode(Z, init=init, seed=1))
+    assert not np.allclose(low.decode(Z, init=init, seed=1), space.decode(Z, init=init, seed=1))
+    with pytest.raises(ConfigError, match="versatile.strength"):
+        space.with_strength(0.0)
+    # decode-only settings stay out of the extract cache key: a new strength re-decodes, never re-encodes
+    assert {"strength", "guidance", "mix", "steps"} <= set(VersatileSpace.decode_params)

@@ -18,6 +18,7 @@ initial image it starts from a mid-grey image at strength 1 (text/vision-to-imag
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class VersatileSpace:
     """
 
     name = "versatile"
+    #: Settings used only by ``decode``: left out of the extract cache key (see ExtractStage.key),
+    #: so that a change of strength or guidance regenerates images without re-encoding stimuli.
+    decode_params: tuple[str, ...] = ("strength", "guidance", "mix", "steps")
 
     def __init__(
         self,
@@ -121,6 +125,15 @@ class VersatileSpace:
         return {"clip_text": np.asarray(text, np.float32), "clip_vision": np.asarray(vision, np.float32)}
 
     # ------------------------------------------------------------------ decode
+    def with_strength(self, strength: float) -> VersatileSpace:
+        """The same space decoding at another img2img ``strength`` (shares the loaded models)."""
+        if not 0.0 < strength <= 1.0:
+            raise ConfigError(f"versatile.strength: expected a value in (0, 1], got {strength}")
+        self.pipeline()  # load once here, so that every copy shares the models
+        other = copy.copy(self)
+        other.strength = float(strength)
+        return other
+
     def pipeline(self) -> Any:
         """The dual-guided img2img model, loaded on first use."""
         if self._pipe is None:
