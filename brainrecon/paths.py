@@ -102,3 +102,24 @@ def shared_dataset_file(relative: str | os.PathLike, explicit: str | os.PathLike
         raise MissingDataError(path, "development data file", "pass its path explicitly (--data PATH)")
     return path
 
+
+
+def replace_directory(finished: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the complete folder ``finished`` at ``target``, replacing what was there.
+
+    Training scripts write their weights into a temporary sibling folder and call this last, so
+    that a killed run leaves either the previous weights or the new ones, never a mixture. The
+    previous folder is moved aside to ``.<name>.old`` before the rename and deleted after it.
+    """
+    import shutil
+
+    finished, target = Path(finished), Path(target)
+    if not finished.is_dir():
+        raise FileNotFoundError(f"replace_directory: {finished} is not a folder")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    finished.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -79,6 +79,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from brainrecon.errors import DataFormatError, MissingDataError  # noqa: E402
+from brainrecon.paths import replace_directory  # noqa: E402
 
 # Channel multipliers per output resolution, BigGAN's architecture table (BigGAN-PyTorch ``G_arch``).
 G_CHANNELS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -649,14 +650,7 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout": heldout_figures,
     }
     (tmp / "bigbigan_small.training.json").write_text(json.dumps(report, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_directory(tmp, out)
     if args.preview:
         image_grid([shown["target"], shown["recon"], shown["prior"][:10]], Path(args.preview))
     print(json.dumps({k: report[k] for k in ("iters", "seconds_per_iter", "weights_bytes", "heldout")}, indent=2))

@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from brainrecon.sim.stimuli import load_scene_arrays  # noqa: E402
 from brainrecon.errors import DataFormatError  # noqa: E402
+from brainrecon.paths import replace_directory  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -298,14 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout_metrics": heldout,
     }
     (tmp / "clip_small.training.json").write_text(json.dumps(report, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_directory(tmp, out)
     print(json.dumps({k: report[k] for k in ("iters", "seconds_per_iter", "weights_bytes", "heldout_metrics")}, indent=2))
     print(f"saved {out}")
     return report

@@ -100,6 +100,7 @@ from train_bigbigan_small import (  # noqa: E402
     update_singular_vectors,
     use_batch_statistics,
 )
+from brainrecon.paths import replace_directory  # noqa: E402
 
 #: The extract-stage inversion of conf/latents/icgan_small.yaml, evaluated by default (a unit test keeps them equal).
 DEFAULT_INVERSION = {"steps": 10, "dense_steps": 20, "lr": 0.1, "batch_size": 50}
@@ -448,14 +449,7 @@ def main(argv: list[str] | None = None) -> dict:
         "heldout": figures,
     }
     (tmp / "icgan_small.training.json").write_text(json.dumps(report, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_directory(tmp, out)
     if args.preview:
         k = len(inv_imgs)
         image_grid([shown["target"][:k], shown["generated"][:k], inverted["before"], inverted["after_noise"],

@@ -66,6 +66,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from brainrecon.sim.stimuli import load_scene_arrays  # noqa: E402
 from brainrecon.errors import ConfigError  # noqa: E402
+from brainrecon.paths import replace_directory  # noqa: E402
 
 STAND_IN = "stand-in"
 #: Shapes of the small CLIP's features (text tokens, vision tokens, width), for the stand-in only.
@@ -585,12 +586,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - t_all,
     }
     (tmp / f"{out.name}.training.json").write_text(json.dumps(report, indent=2, default=list) + "\n")
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_directory(tmp, out)
     print(json.dumps({"vae_iters": vae_log["iters"], "unet_iters": unet_log["iters"], "heldout": heldout,
                       "weights_bytes": report["weights_bytes"], "wall_minutes": report["wall_seconds"] / 60}, indent=2))
     print(f"saved {out}")
