@@ -23,6 +23,7 @@ stage for each configuration (about 30 s each on 2 CPU cores).
 Usage::
 
     python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seeds4to7 vdvae_train_norm]
+    python benchmarks/roi_closed_loop.py --configs gans_sim          # IC-GAN and BigBiGAN
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ CONFIGS: dict[str, list[str]] = {
     "reference": [],  # roi.samples (4) draws per ROI, seeds 0-3
     "seeds4to7": ["roi.decode_seed=4"],  # four other draws of the same latents
     "vdvae_train_norm": ["+roi.scaling.vdvae.z.method=train_norm"],
+    # IC-GAN and BigBiGAN (experiment=gans_sim); not run by default: its first run also extracts IC-GAN's
+    # latents (an inversion of every stimulus, about 4-6 minutes) unless `python -m pipelines.run experiment=gans_sim`
+    # ran before
+    "gans_sim": ["experiment=gans_sim"],
 }
+DEFAULT_CONFIGS = ["reference", "seeds4to7", "vdvae_train_norm"]
 
 
 def run_config(overrides: list[str], artifacts: Path, data: Path):
@@ -90,7 +96,7 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
                   f"{e['drive_with']:+.2f}/{e['drive_without']:+.2f} (true areas {t['drive_with']:+.2f}/{t['drive_without']:+.2f}); "
                   f"top-10 contain it {e['top10_with_category']}/10 ({t['top10_with_category']}/10)")
         for sp, rows in (res.extra.get("roi_latent_semantics") or {}).items():
-            print(f"     {sp} ROI latents before generation (CLIP-vision token 0): " + ", ".join(
+            print(f"     {sp} ROI latents before generation (the CLIP image embedding they hold): " + ", ".join(
                 f"{roi} {r['category']} {r['latent_area']:.3f} ({r['percentile_vs_test']:.0f}th pct)" for roi, r in rows.items()))
         enc = res.extra.get("encoding_model_heldout")
         if enc:
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     ap.add_argument("--data", type=Path, default=REPO / "data")
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     import torch

@@ -323,9 +323,10 @@ def _latent_semantics(latents: Mapping[str, Mapping[str, np.ndarray]], spaces: M
                       natural_est: np.ndarray) -> dict[str, Any]:
     """Category content of the ROI *latents*, before any image is generated.
 
-    A space whose ``clip_vision`` target comes from the same CLIP as the semantic estimator holds
-    the image embedding in token 0 (the projected class token, unit norm for real images), so
-    the estimator reads the ROI latent directly. Comparing this with the closed loop on the
+    A space whose latents hold an image embedding of the same CLIP as the semantic estimator's
+    (``clip_image_embedding``: token 0 of Versatile Diffusion's ``clip_vision``, the projected class
+    token; IC-GAN's ``instance`` with a CLIP instance encoder) lets the estimator read the ROI
+    latent directly. Comparing this with the closed loop on the
     generated image separates the two causes of a failure: a wrong ROI latent (synthesis) or a
     generator that does not render it (decoding). Per category ROI: the estimated area of its
     category, its percentile among the natural test stimuli's estimates, and every category's area.
@@ -335,11 +336,11 @@ def _latent_semantics(latents: Mapping[str, Mapping[str, np.ndarray]], spaces: M
     out: dict[str, Any] = {}
     want = clip_features.clip.fingerprint()
     for space, sp in spaces.items():
-        z = latents.get(space, {}).get("clip_vision")
-        clip = getattr(sp, "clip", None)
-        if z is None or clip is None or not hasattr(clip, "fingerprint") or clip.fingerprint() != want:
+        read = getattr(sp, "clip_image_embedding", None)
+        found = read(latents.get(space, {})) if callable(read) else None
+        if found is None or found[1] != want:
             continue
-        emb = np.asarray(z, dtype=np.float64)[:, 0]
+        emb = np.asarray(found[0], dtype=np.float64)
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         est = estimator.readout.predict(emb)
         rows = {}

@@ -85,7 +85,7 @@ class RoiStage(Stage):
     """
 
     name = "roi"
-    version = 2  # 2: several samples per ROI, ROI-latent semantics
+    version = 3  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances
 
     def fingerprint(self) -> dict[str, Any]:
         """Content digests of NIfTI masks (their paths are not hashed)."""

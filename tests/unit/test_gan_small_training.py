@@ -121,6 +121,12 @@ def test_icgan_small_training_writes_what_the_space_loads(scenes, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(Z["instance"], axis=1), 1.0, rtol=1e-5)
     images = space.decode(Z)
     assert images.shape == (2, 3, 32, 32) and 0.0 <= images.min() and images.max() <= 1.0
+    # the instance is the CLIP image embedding: ROI diagnostics read it with estimators of the same CLIP
+    from brainrecon.latents.versatile.clip import load_clip
+
+    emb, ident = space.clip_image_embedding(Z)
+    np.testing.assert_array_equal(emb, Z["instance"])
+    assert ident == load_clip("bundled:clip_small").fingerprint()
 
 
 def test_icgan_builder_names_what_is_missing(tmp_path):

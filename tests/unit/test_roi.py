@@ -418,10 +418,14 @@ def test_latent_semantics_reads_the_roi_latent_before_generation():
     specs = [RoiSpec("faces", "floc-faces", group="category"), RoiSpec("words", "floc-words", group="category")]
     z = np.zeros((2, 3, 8))
     z[0, 0, 0], z[1, 0, 1] = 5.0, 5.0  # token 0 points along each category's axis (norm is not 1: it is rescaled)
-    out = _latent_semantics({"vd": {"clip_vision": z}}, {"vd": SimpleNamespace(clip=clip)}, feats, est, specs,
+    def space(ident):  # reads token 0 of clip_vision, as VersatileSpace.clip_image_embedding does
+        return SimpleNamespace(clip_image_embedding=lambda lat: (lat["clip_vision"][:, 0], ident))
+
+    out = _latent_semantics({"vd": {"clip_vision": z}}, {"vd": space({"weights": "a"})}, feats, est, specs,
                             natural_est=est.readout.predict(emb))
     assert out["vd"]["faces"]["category"] == "face" and out["vd"]["words"]["category"] == "word"
     assert out["vd"]["faces"]["latent_area"] > 0.4 > out["vd"]["words"]["areas"]["face"]
     assert out["vd"]["faces"]["percentile_vs_test"] > 95 and out["vd"]["words"]["percentile_vs_test"] > 95
-    other = SimpleNamespace(clip=SimpleNamespace(fingerprint=lambda: {"weights": "b"}))
-    assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": other}, feats, est, specs, est.readout.predict(emb)) == {}
+    natural = est.readout.predict(emb)
+    assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": space({"weights": "b"})}, feats, est, specs, natural) == {}
+    assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": SimpleNamespace()}, feats, est, specs, natural) == {}

@@ -111,5 +111,8 @@ def test_with_strength_shares_the_models_and_changes_only_the_strength(vd_dir):
     assert not np.allclose(low.decode(Z, init=init, seed=1), space.decode(Z, init=init, seed=1))
     with pytest.raises(ConfigError, match="versatile.strength"):
         space.with_strength(0.0)
+    emb, ident = space.clip_image_embedding(Z)  # token 0, with the identity of the CLIP that made it
+    np.testing.assert_array_equal(emb, Z["clip_vision"][:, 0])
+    assert ident == space.clip.fingerprint() and space.clip_image_embedding({}) is None
     # decode-only settings stay out of the extract cache key: a new strength re-decodes, never re-encodes
     assert {"strength", "guidance", "mix", "steps"} <= set(VersatileSpace.decode_params)

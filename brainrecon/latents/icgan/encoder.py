@@ -19,6 +19,7 @@ scenes conditions on the L2-normalised pooled embedding of the project's small C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,13 +102,18 @@ class ClipInstanceEncoder(nn.Module):
     ----------
     vision_model : transformers.CLIPVisionModelWithProjection
         The vision tower (e.g. ``load_clip("bundled:clip_small").vision_model``); frozen here.
+    clip_fingerprint : dict, optional
+        The CLIP's ``fingerprint()``.
     """
 
     description = "L2-normalised CLIP image embedding (instance feature)"
 
-    def __init__(self, vision_model: nn.Module):
+    def __init__(self, vision_model: nn.Module, clip_fingerprint: dict[str, Any] | None = None):
         super().__init__()
         self.vision_model = vision_model.eval().requires_grad_(False)
+        #: Identity of the CLIP (``VersatileClip.fingerprint()``), when known: diagnostics compare it
+        #: with their own CLIP's before reading instance features as that CLIP's image embeddings.
+        self.clip_fingerprint = clip_fingerprint
         vc = vision_model.config
         self.cfg = ClipInstanceConfig(feature_dim=int(vc.projection_dim), input_size=int(vc.image_size))
 

@@ -267,6 +267,19 @@ class ICGANSpace:
         """Identity of the loaded weights (content digests, not paths) for stage cache keys."""
         return {"weights": self.weights_digest}
 
+    def clip_image_embedding(self, latents: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The instance features and the identity of their CLIP, when the instance encoder is a CLIP.
+
+        With ``instance_encoder="clip"`` the instance feature is the L2-normalised CLIP image
+        embedding, so diagnostics can read ROI latents with estimators trained on that CLIP's
+        embeddings. None for SwAV instances or when the CLIP's identity is unknown.
+        """
+        ident = getattr(self.encoder, "clip_fingerprint", None)
+        z = latents.get("instance")
+        if ident is None or z is None:
+            return None
+        return np.asarray(z, dtype=np.float64), ident
+
     # ------------------------------------------------------------------ helpers
     @property
     def image_size(self) -> int:
@@ -522,7 +535,8 @@ def build_icgan_space(
         from brainrecon.latents.icgan.encoder import ClipInstanceEncoder
         from brainrecon.latents.versatile.clip import load_clip
 
-        enc: Any = ClipInstanceEncoder(load_clip(str(epath), device=dev).vision_model)
+        clip = load_clip(str(epath), device=dev)
+        enc: Any = ClipInstanceEncoder(clip.vision_model, clip_fingerprint=clip.fingerprint())
     else:
         enc = load_encoder(epath, encoder, device=dev)
     inv = dict(inversion) if isinstance(inversion, Mapping) else inversion

@@ -112,6 +112,17 @@ class VersatileSpace:
 
         return {"clip": self.clip.fingerprint(), "diffusion": path_fingerprint(self.weights)}
 
+    def clip_image_embedding(self, latents: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The CLIP image embedding held in ``latents`` and the identity of that CLIP.
+
+        Token 0 of ``clip_vision`` is the projected class token, the image embedding up to its norm
+        (diagnostics read ROI latents with estimators trained on the same CLIP's embeddings).
+        """
+        z = latents.get("clip_vision")
+        if z is None:
+            return None
+        return np.asarray(z, dtype=np.float64)[:, 0], self.clip.fingerprint()
+
     # ------------------------------------------------------------------ encode
     def encode(self, stimuli: Stimuli) -> dict[str, np.ndarray]:
         """CLIP text tokens of the captions and vision tokens of the images."""
