@@ -194,6 +194,13 @@ def build_calibrate_stage(
     unknown = sorted(set(params) - set(CALIBRATE_DEFAULTS))
     if unknown:
         raise ConfigError(f"calibrate: unknown parameter(s) {unknown}; expected names from {sorted(CALIBRATE_DEFAULTS)}")
+    strengths = list(params["strengths"] or [])
+    if not strengths or not all(isinstance(v, (int, float)) and 0.0 < float(v) <= 1.0 for v in strengths):
+        raise ConfigError(f"calibrate.strengths: expected one or more values in (0, 1], got {params['strengths']}")
+    if int(params["n_holdout"]) < 2:
+        raise ConfigError(f"calibrate.n_holdout: expected at least 2 held-out images, got {params['n_holdout']}")
+    if params["metrics"] is not None and "PixCorr" not in params["metrics"]:
+        raise ConfigError(f"calibrate.metrics: the selection rule needs PixCorr; got {list(params['metrics'])}")
     name = str(params["space"])
     init_from = dict((experiment.get("generate") or {}).get("init_from") or {})
     if name == "auto":

@@ -82,7 +82,9 @@ def test_only_a_chained_space_can_be_calibrated(tmp_path):
     plain, spaces = _experiment(tmp_path)
     stages = build_stages(plain, spaces)
     for cfg, match in (({"space": "pixels"}, "does not start from"), ({"space": "nope"}, "calibrate.space"),
-                       ({"strenghts": [0.5]}, "unknown parameter")):
+                       ({"strenghts": [0.5]}, "unknown parameter"), ({"metrics": ["SSIM"]}, "needs PixCorr"),
+                       ({"strengths": [0.5, 1.5]}, "calibrate.strengths"), ({"strengths": []}, "calibrate.strengths"),
+                       ({"n_holdout": 1}, "calibrate.n_holdout")):
         with pytest.raises(ConfigError, match=match):
             build_calibrate_stage(cfg, stages, spaces, experiment=plain, scope="subj01", seed=0, resources={})
 
