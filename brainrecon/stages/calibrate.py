@@ -79,14 +79,13 @@ class CalibrateStage(Stage):
         from brainrecon.images import to_float_chw, to_uint8_hwc
         from brainrecon.metrics.suite import evaluate_methods
         from brainrecon.reconstruct import CALIBRATION_METRICS, choose_strength, strength_sweep
+        from brainrecon.report import grid_png
         from brainrecon.stages.fit import target_names
 
         p = {**CALIBRATE_DEFAULTS, **self.params}
         spaces = ctx.resources.get("spaces") or {}
         name, init = str(p["space"]), str(p["init"])
-        strengths = sorted({float(s) for s in p["strengths"]})
-        if not strengths or not all(0.0 < s <= 1.0 for s in strengths):
-            raise ConfigError(f"calibrate.strengths: expected values in (0, 1], got {p['strengths']}")
+        strengths = _checked_strengths(p["strengths"])
         seed = int(p.get("seed", 0))
         data = inputs["data"]
         X = np.asarray(data.array("X_train"))
@@ -109,8 +108,8 @@ class CalibrateStage(Stage):
         recons = {labels[k]: v for k, v in images.items()}
         results = evaluate_methods(
             stimuli, recons, preset=str(p["preset"]), metrics=list(p["metrics"] or CALIBRATION_METRICS),
-            n_boot=int(p["n_boot"]), n_perm=0, null_pairs=0, seed=seed, weights_root=p["weights_root"], device=str(ctx.resources.get("device", "cpu")),
-            progress=ctx.progress,
+            n_boot=int(p["n_boot"]), n_perm=0, null_pairs=0, seed=seed, weights_root=p["weights_root"],
+            device=str(ctx.resources.get("device", "cpu")), progress=ctx.progress,
         )
         table: dict[str, dict[str, Any]] = {}
         for label, res in results.items():
@@ -135,13 +134,19 @@ class CalibrateStage(Stage):
         figures.mkdir(exist_ok=True)
         (figures / "strength.png").write_bytes(_strength_png(table, labels, strengths, summary))
         n_ex = min(int(p["n_examples"]), len(idx))
-        from brainrecon.report import grid_png
-
         shown = {label.replace(" @ ", "\nstrength "): imgs for label, imgs in recons.items()}  # short row labels
         (figures / "examples.png").write_bytes(grid_png(
             stimuli, shown, list(range(n_ex)),
             f"held-out training images: stimulus, {init}, {name} at each strength (chosen: {chosen})"))
         return summary
+
+
+def _checked_strengths(values: Any) -> list[float]:
+    """Sorted distinct strengths; ConfigError unless there is at least one and each is in (0, 1]."""
+    vals = list(values or [])
+    if not vals or not all(isinstance(v, (int, float)) and 0.0 < float(v) <= 1.0 for v in vals):
+        raise ConfigError(f"calibrate.strengths: expected one or more values in (0, 1], got {values}")
+    return sorted({float(v) for v in vals})
 
 
 def _strength_png(table: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str], strengths: list[float],
@@ -194,9 +199,7 @@ def build_calibrate_stage(
     unknown = sorted(set(params) - set(CALIBRATE_DEFAULTS))
     if unknown:
         raise ConfigError(f"calibrate: unknown parameter(s) {unknown}; expected names from {sorted(CALIBRATE_DEFAULTS)}")
-    strengths = list(params["strengths"] or [])
-    if not strengths or not all(isinstance(v, (int, float)) and 0.0 < float(v) <= 1.0 for v in strengths):
-        raise ConfigError(f"calibrate.strengths: expected one or more values in (0, 1], got {params['strengths']}")
+    _checked_strengths(params["strengths"])
     if int(params["n_holdout"]) < 2:
         raise ConfigError(f"calibrate.n_holdout: expected at least 2 held-out images, got {params['n_holdout']}")
     if params["metrics"] is not None and "PixCorr" not in params["metrics"]:
