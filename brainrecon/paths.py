@@ -6,8 +6,8 @@ Nothing else in brainrecon hard-codes a path.
 =====================  ===========================  ==============================
 root                   environment variable         default
 =====================  ===========================  ==============================
-data                   ``BRAINRECON_DATA``          ``~/brainrecon_data``
-weights                ``BRAINRECON_WEIGHTS``       ``~/brainrecon_weights``
+data                   ``BRAINRECON_DATA``          ``./data``
+weights                ``BRAINRECON_WEIGHTS``       ``./weights``
 artifacts              ``BRAINRECON_ARTIFACTS``     ``./artifacts``
 =====================  ===========================  ==============================
 
@@ -21,8 +21,9 @@ import os
 from pathlib import Path
 
 _ENV = {
-    "data": ("BRAINRECON_DATA", Path.home() / "brainrecon_data"),
-    "weights": ("BRAINRECON_WEIGHTS", Path.home() / "brainrecon_weights"),
+    # the same defaults as conf/paths/default.yaml, relative to the working directory
+    "data": ("BRAINRECON_DATA", Path("data")),
+    "weights": ("BRAINRECON_WEIGHTS", Path("weights")),
     "artifacts": ("BRAINRECON_ARTIFACTS", Path("artifacts")),
 }
 

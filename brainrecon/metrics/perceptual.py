@@ -7,7 +7,7 @@ naming the path; the suite turns that into an "unavailable" metric. Features are
 never computed on random weights outside the shape tests.
 
 Expected files, relative to ``weights_root() / "metrics"`` (see :func:`weights_path`;
-``weights_root`` is ``$BRAINRECON_WEIGHTS`` or ``~/brainrecon_weights``):
+``weights_root`` is ``$BRAINRECON_WEIGHTS`` or ``./weights``):
 
 * ``alexnet``: ``torchvision/alexnet-owt-7be5be79.pth`` (torchvision
   ``AlexNet_Weights.IMAGENET1K_V1``).

@@ -11,7 +11,7 @@ the true features from the betas (:mod:`brainrecon.sim.ceiling`).
 Example
 -------
 >>> from brainrecon.sim import SimConfig, simulate_nsd
->>> truth = simulate_nsd("~/brainrecon_data/sim_nsd")            # doctest: +SKIP
+>>> truth = simulate_nsd("data/sim_nsd")            # doctest: +SKIP
 >>> truth.betas.shape, truth.noise_ceiling_3trial.mean()        # doctest: +SKIP
 """
 
