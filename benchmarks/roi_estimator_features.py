@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     s_tr, s_te = np.asarray(data.array("stimuli_train")), np.asarray(data.array("stimuli_test"))
     clip = load_clip("bundled:clip_small")
 
-    def tokens(images: np.ndarray) -> np.ndarray:  # (n, 65, 64): the versatile.clip_vision targets
-        return np.concatenate([clip.encode_images(images[i:i + 100]) for i in range(0, len(images), 100)])
-
-    t_tr, t_te = tokens(s_tr), tokens(s_te)
+    t_tr, t_te = clip.encode_images(s_tr), clip.encode_images(s_te)  # (n, 65, 64): the versatile.clip_vision targets
     emb = ClipEmbeddingFeatures()
     e_tr, e_te = emb(s_tr), emb(s_te)
     feature_sets = {

@@ -24,7 +24,6 @@ artifacts of a roi run on ``experiment=gans_sim`` (``python -m pipelines.explore
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -37,15 +36,15 @@ if str(REPO) not in sys.path:
 
 
 def build_space(params: dict):
-    """The latent space an extract artifact was made with, from its recorded ``_target_`` and arguments."""
-    cfg = dict(params["space"])
-    module, _, name = cfg.pop("_target_").rpartition(".")
-    cfg["progress"] = False
-    return getattr(importlib.import_module(module), name)(**cfg)
+    """The latent space an extract artifact was made with, from its recorded configuration."""
+    from hydra.utils import instantiate  # as pipelines.config.build_spaces builds every space
+
+    return instantiate({**params["space"], "progress": False})
 
 
 def main(argv: list[str] | None = None) -> None:
     """Search, check, print."""
+    from brainrecon.images import to_uint8_hwc
     from brainrecon.roi.closed_loop import (
         ClipEmbeddingFeatures,
         KernelRidgeReadout,
@@ -54,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         SimulatedResponses,
         VoxelwiseEncodingModel,
         closed_loop,
+        response_scale,
         roi_means,
     )
     from brainrecon.roi.explore import data_labels
@@ -98,17 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     cands = []
     for start in range(0, len(rows), 100):
         batch = {t: v[start:start + 100] for t, v in lat.items()}
-        cands.append(np.clip(np.round(space.decode(batch, seed=args.seed + start) * 255), 0, 255)
-                     .astype(np.uint8).transpose(0, 2, 3, 1))
+        cands.append(to_uint8_hwc(space.decode(batch, seed=args.seed + start)))
     cands = np.concatenate(cands)
     t_draw = time.perf_counter() - t0
 
     # 2. search with the encoding model fitted on the training split
     clip = ClipEmbeddingFeatures("bundled:clip_small")
     enc = VoxelwiseEncodingModel([LowLevelFeatures(), clip]).fit(stim_tr, np.asarray(data.array("X_train")))
-    ref = enc.predict(stim_tr)
-    mu, sd = ref.mean(0), ref.std(0)
-    sd = np.where(sd > 0, sd, 1.0)
+    mu, sd = response_scale(enc, stim_tr)  # the closed loop's z-scoring
     R = roi_means((enc.predict(cands) - mu) / sd, masks)  # (n_candidates, n_rois)
     winners, margins = [], []
     for i, n in enumerate(names):

@@ -52,6 +52,7 @@ __all__ = [
     "ResponseModel",
     "ClosedLoopResult",
     "closed_loop",
+    "response_scale",
     "roi_means",
     "percentile_of",
     "column_scores",
@@ -580,6 +581,18 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def response_scale(model: ResponseModel, natural_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel mean and std of ``model``'s predictions for natural training stimuli.
+
+    Every closed-loop response is z-scored with them (a constant voxel gets std 1), so that a
+    drive reads as "standard deviations above the voxel's response to natural images".
+    """
+    ref = model.predict(_check_images(natural_train, "natural training stimuli"))
+    mu, sd = ref.mean(0), ref.std(0)
+    sd[sd == 0] = 1.0
+    return mu, sd
+
+
 def closed_loop(
     model: ResponseModel,
     roi_images: Mapping[str, np.ndarray],
@@ -617,9 +630,7 @@ def closed_loop(
             raise ShapeMismatchError(f"ROI images of {s!r} (one per ROI)",
                                      f"({len(names)}, H, W, 3) or (samples, {len(names)}, H, W, 3)", arr.shape)
         stacks[s] = stack
-    ref = model.predict(_check_images(natural_train, "natural training stimuli"))
-    mu, sd = ref.mean(0), ref.std(0)
-    sd[sd == 0] = 1.0
+    mu, sd = response_scale(model, natural_train)
 
     def z(R: np.ndarray) -> np.ndarray:
         return (R - mu) / sd
