@@ -1,7 +1,7 @@
 """Acceptance of the ROI exploration on the default (simulated) experiment: closed loop and eccentricity.
 
-For each configuration of the roi stage (the reference one, other decoding seeds, and a
-non-transductive VDVAE scaling), prints, per image set (latent space) and encoding model:
+For each configuration of the roi stage (the reference one, other decoding seeds, a
+non-transductive VDVAE scaling, the category contrast, IC-GAN), prints, per image set (latent space) and encoding model:
 
 * per category ROI (faces, words, places, bodies): the ROI's mean z-scored response to its own
   ROI-optimal image, the strongest other category ROI on that image, whether the target wins
@@ -24,6 +24,8 @@ Usage::
 
     python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seeds4to7 vdvae_train_norm]
     python benchmarks/roi_closed_loop.py --configs gans_sim          # IC-GAN and BigBiGAN
+    python benchmarks/roi_closed_loop.py --configs contrast0.5 contrast1 gans_sim_contrast0.25 \
+        gans_sim_contrast0.5 gans_sim_contrast0.75 gans_sim_contrast1   # the category contrast (roi.contrast)
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ CONFIGS: dict[str, list[str]] = {
     # latents (an inversion of every stimulus, about 4-6 minutes) unless `python -m pipelines.run experiment=gans_sim`
     # ran before
     "gans_sim": ["experiment=gans_sim"],
+    # localiser-style contrast of the category ROIs' patterns (roi.contrast, docs/roi.md)
+    "contrast0.5": ["roi.contrast=0.5"],
+    "contrast1": ["roi.contrast=1.0"],
+    "gans_sim_contrast0.25": ["experiment=gans_sim", "roi.contrast=0.25"],
+    "gans_sim_contrast0.5": ["experiment=gans_sim", "roi.contrast=0.5"],
+    "gans_sim_contrast0.75": ["experiment=gans_sim", "roi.contrast=0.75"],
+    "gans_sim_contrast1": ["experiment=gans_sim", "roi.contrast=1.0"],
 }
 DEFAULT_CONFIGS = ["reference", "seeds4to7", "vdvae_train_norm"]
 
@@ -133,6 +142,40 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
     return flags
 
 
+def configs_figure(runs: dict[str, object], space: str, path: Path, model: str = "truth") -> Path:
+    """Category-ROI images of ``space`` for every configuration that has it, one row each, titled with the closed loop.
+
+    Each tile gives the ROI's drive by its image and the percentile among the natural test stimuli; the title is
+    green when the ROI passes acceptance 1 (selective within the category ROIs and at or above the 90th percentile).
+    """
+    from matplotlib.figure import Figure
+
+    from brainrecon.roi.figures import save_figure
+
+    rows = [(name, ex) for name, ex in runs.items() if space in ex.images and model in ex.closed_loop]
+    if not rows:
+        raise SystemExit(f"--figure: no configuration has space {space!r} with the {model} model")
+    cats = [r["roi"] for r in rows[0][1].closed_loop[model].table(space) if r["group"] == "category"]
+    fig = Figure(figsize=(1.75 * len(cats) + 1.2, 1.95 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), len(cats), squeeze=False)
+    for i, (name, ex) in enumerate(rows):
+        table = {r["roi"]: r for r in ex.closed_loop[model].table(space)}
+        for j, roi in enumerate(cats):
+            r, ax = table[roi], axes[i, j]
+            ax.imshow(ex.images[space][ex.rois.index(roi)])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ok = bool(r["selective"]) and r["percentile"] >= 90
+            ax.set_title(f"{roi}: {r['response']:+.2f}, {r['percentile']:.0f}th" + ("" if r["selective"] else "\nnot selective"),
+                         fontsize=8, color="#1e8449" if ok else "#c0392b")
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(f"{space} ROI images per configuration ({model} model: drive, percentile of natural test stimuli)",
+                 fontsize=9)
+    fig.subplots_adjust(wspace=0.08, hspace=0.45)
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the configurations and print their numbers, then a pass/fail summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,14 +183,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--figure", type=Path, help="also draw the category-ROI images of every configuration (PNG)")
+    ap.add_argument("--figure-space", default="icgan", help="latent space of --figure (default icgan)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    summary = {}
+    summary, runs = {}, {}
     for name in args.configs:
         ex, secs, key = run_config(CONFIGS[name], args.artifacts.resolve(), args.data.resolve())
         summary[name] = report(name, ex, secs, key)
+        runs[name] = ex
+    if args.figure is not None:
+        print(f"\nfigure: {configs_figure(runs, args.figure_space, args.figure)}")
     print("\n=== acceptance 1 (category ROIs selective and >= 90th percentile), per configuration")
     for name, flags in summary.items():
         print(f"  {name:<18} " + "  ".join(f"{m}/{s}: {'PASS' if ok else 'fail'}" for (m, s), ok in flags.items()))

@@ -38,7 +38,7 @@ from brainrecon.roi.closed_loop import (
     percentile_of,
 )
 from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, ordering
-from brainrecon.roi.masks import RoiSpec, resolve_rois, roi_slug, synthetic_patterns
+from brainrecon.roi.masks import ROI_GROUPS, RoiSpec, resolve_rois, roi_slug, synthetic_patterns
 from brainrecon.roi.synthesis import RoiScaling, TargetStats, decoder_intercept, resolve_scalings, roi_latents
 from brainrecon.roi.weights import WeightAnalysis, weight_analysis
 
@@ -149,7 +149,11 @@ class RoiExploration:
         def f(x: Any) -> str:  # values read back from JSON: NaN was written as null
             return "n/a" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
-        lines = ["Scaling of each target:"]
+        contrast = float(self.info.get("contrast", 0.0))
+        lines = ["Synthetic pattern: " + f"{self.info.get('value', 1.0):g} in the ROI's voxels, "
+                 + ("0 elsewhere (the references)" if contrast == 0 else
+                    f"its peers in {', '.join(self.info.get('contrast_groups', []))} below their mean (contrast {contrast:g})"),
+                 "Scaling of each target:"]
         for k, sc in self.scalings.items():
             extra = "" if sc.norm is None else f", norm {sc.norm:.3g}"
             lines.append(f"  {k:<24} {sc.method:<15} scale {sc.scale:.3g}{extra}   ({sc.source})")
@@ -384,6 +388,8 @@ def explore_rois(
     seed: int = 0,
     samples: int = 1,
     value: float = 1.0,
+    contrast: float = 0.0,
+    contrast_groups: Sequence[str] = ("category",),
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
     readout_kernel: str = "rbf",
@@ -420,6 +426,12 @@ def explore_rois(
         shown. Deterministic decoders give identical samples.
     value : float
         Activation of ROI voxels in the synthetic pattern.
+    contrast : float
+        Weight in [0, 1] of the other ROIs of the group, set below their mean
+        (:func:`~brainrecon.roi.masks.synthetic_patterns`); 0 is the references' pattern.
+    contrast_groups : sequence of str
+        Groups whose patterns get the contrast. Default: the category ROIs only; for early
+        visual ROIs a contrast puts the negative of the peers' images into the energy maps.
     models : ``"auto"`` or subset of :data:`CLOSED_LOOP_MODELS`
         ``auto``: ``truth`` and ``fitted`` on simulated data, ``fitted`` otherwise.
     clip_path : str
@@ -441,6 +453,10 @@ def explore_rois(
     from brainrecon.decoding.ridge import RidgeDecoder
     from brainrecon.images import to_float_chw
 
+    contrast_groups = [contrast_groups] if isinstance(contrast_groups, str) else [str(g) for g in contrast_groups]
+    bad = sorted(set(contrast_groups) - set(ROI_GROUPS))
+    if bad:
+        raise ConfigError(f"roi.contrast_groups: expected names from {list(ROI_GROUPS)}, got {bad}")
     init_from = dict(init_from or {})
     missing = sorted(set(spaces) - set(fits)) + sorted(set(spaces) - set(extracts))
     if missing:
@@ -464,7 +480,8 @@ def explore_rois(
     specs, masks = resolve_rois(entries, labels, voxel_ijk=voxel_ijk, volume_shape=shape,
                                 affine=_nsd_affine(info), restrict=restrict)
     names = [s.name for s in specs]
-    Q = synthetic_patterns(masks, value=value, restrict=restrict)
+    Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast,
+                           groups=[s.group if s.group in contrast_groups else None for s in specs])
 
     # ---- latents
     decoders: dict[str, RidgeDecoder] = {}
@@ -508,7 +525,8 @@ def explore_rois(
 
     exploration = RoiExploration(specs, np.stack([masks[n] for n in names]), scalings, latents, images, baseline,
                                  info={"chains": init_from, "seed": int(seed), "samples": int(samples),
-                                       "value": float(value),
+                                       "value": float(value), "contrast": float(contrast),
+                                       "contrast_groups": list(contrast_groups),
                                        "rois_requested": [str(e) if not isinstance(e, Mapping) else dict(e) for e in entries],
                                        "source": info.get("source")})
     if int(samples) > 1:

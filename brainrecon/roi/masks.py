@@ -29,6 +29,14 @@ for voxels inside the ROI and 0 elsewhere, in the z-scored voxel space the decod
 in, restricted to ``nsdgeneral`` (all voxels of the betas). 0 is the training mean of every
 voxel, so the pattern reads "this ROI one standard deviation above its mean, everything else at
 its mean".
+
+With ``contrast`` > 0 the pattern becomes a localiser-style contrast within the ROI's group
+(faces vs. words, places, bodies; V1 vs. V2..V4; one eccentricity band vs. the others): the
+other ROIs of the group are set *below* their mean, each peer ROI with the same total weight,
+so that the negative mass is ``contrast`` times the positive one (``contrast=1``: the pattern
+sums to zero over the group, as a GLM contrast ``[1, -1/3, -1/3, -1/3]`` on ROI means). It
+asks the decoders for what the ROI prefers *over its peers* rather than for what it shares
+with them; the references use ``contrast=0``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
 
 __all__ = [
     "RoiSpec",
+    "ROI_GROUPS",
     "ROI_CATALOGUE",
     "ROI_SETS",
     "ECC_RINGS",
@@ -55,6 +64,10 @@ __all__ = [
     "roi_slug",
     "nifti_name",
 ]
+
+
+#: Comparison groups of ROIs (:attr:`RoiSpec.group`).
+ROI_GROUPS: tuple[str, ...] = ("category", "visual", "eccentricity", "custom")
 
 
 @dataclass(frozen=True)
@@ -329,6 +342,8 @@ def synthetic_patterns(
     *,
     value: float = 1.0,
     restrict: np.ndarray | None = None,
+    contrast: float = 0.0,
+    groups: Sequence[str | None] | None = None,
 ) -> np.ndarray:
     """The reference's synthetic fMRI patterns, one row per ROI: ``value`` inside, 0 outside.
 
@@ -339,6 +354,14 @@ def synthetic_patterns(
         Activation of the ROI's voxels in z-scored units (Brain-Diffuser and IC-GAN: 1).
     restrict : (n_voxels,) bool, optional
         Voxels outside it are 0 (Brain-Diffuser: ``nsdgeneral``, i.e. every column of the betas).
+    contrast : float
+        Weight of the peer ROIs (module docstring), in [0, 1]. 0 (the references): peers at
+        their mean. ``c`` > 0: the voxels of each of the ``k`` other ROIs of the group (not in
+        the ROI itself) get ``-value * c * n_roi / (k * n_peer)``, so that the pattern's negative
+        mass is ``c`` times its positive mass and every peer counts alike whatever its size.
+    groups : sequence of str or None, optional
+        Group of each mask (``RoiSpec.group``); required when ``contrast`` > 0. An ROI alone in
+        its group, or whose group is ``None``, keeps the plain pattern.
 
     Returns
     -------
@@ -350,10 +373,34 @@ def synthetic_patterns(
     shapes = {np.asarray(m).shape for m in rows}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ShapeMismatchError("ROI masks", "1-D masks of one length (n_voxels,)", sorted(shapes))
-    Q = np.stack([np.asarray(m, dtype=bool) for m in rows]).astype(np.float32) * np.float32(value)
+    M = np.stack([np.asarray(m, dtype=bool) for m in rows])
     if restrict is not None:
         restrict = np.asarray(restrict, dtype=bool)
-        if restrict.shape != (Q.shape[1],):
-            raise ShapeMismatchError("restrict mask", (Q.shape[1],), restrict.shape)
-        Q[:, ~restrict] = 0.0
+        if restrict.shape != (M.shape[1],):
+            raise ShapeMismatchError("restrict mask", (M.shape[1],), restrict.shape)
+        M = M & restrict[None]
+    Q = M.astype(np.float32) * np.float32(value)
+    contrast = float(contrast)
+    if not (np.isfinite(contrast) and 0.0 <= contrast <= 1.0):
+        raise ConfigError(f"roi.contrast: expected a number in [0, 1], got {contrast!r}")
+    if contrast == 0.0:
+        return Q
+    if groups is None or len(groups) != len(rows):
+        raise ConfigError(
+            f"synthetic_patterns: contrast > 0 needs one group per mask ({len(rows)}), got "
+            f"{None if groups is None else len(groups)}"
+        )
+    sizes = M.sum(1)
+    for i, g in enumerate(groups):
+        if g is None:
+            continue
+        peers = [j for j, h in enumerate(groups) if h == g and j != i and sizes[j] > 0]
+        if not peers or sizes[i] == 0:
+            continue
+        for j in peers:
+            # Each peer carries the same share of the negative mass, spread over its own voxels
+            # (those also in ROI i stay positive: the ROI is asked to be active there).
+            only = M[j] & ~M[i]
+            if only.any():
+                Q[i, only] -= np.float32(value * contrast * sizes[i] / (len(peers) * only.sum()))
     return Q

@@ -128,6 +128,31 @@ def test_synthetic_patterns_are_one_inside_zero_outside(nsd_labels):
     np.testing.assert_array_equal(synthetic_patterns(masks, value=2.0)[1], 2.0 * masks["V1"])
 
 
+
+def test_contrast_patterns_weigh_each_peer_alike_and_sum_to_zero_at_one():
+    n = 20
+    a, b, c, lone = (np.zeros(n, bool) for _ in range(4))
+    a[:4] = True
+    b[3:5] = True  # voxel 3 shared with a: it stays positive in a's pattern
+    c[10:18] = True
+    lone[18:] = True
+    groups = ["category", "category", "category", "custom"]
+    Q = synthetic_patterns([a, b, c, lone], contrast=1.0, groups=groups, value=2.0)
+    # a: +2 on its 4 voxels; each peer carries half of -2 * 4, spread over its own voxels not in a
+    np.testing.assert_allclose(Q[0, :4], 2.0)
+    np.testing.assert_allclose(Q[0, 4], -4.0)  # b's only voxel outside a
+    np.testing.assert_allclose(Q[0, 10:18], -0.5)
+    assert abs(Q[0].sum()) < 1e-5 and abs(Q[2].sum()) < 1e-5
+    np.testing.assert_array_equal(Q[3], 2.0 * lone)  # alone in its group: the plain pattern
+    half = synthetic_patterns([a, b, c, lone], contrast=0.5, groups=groups)
+    np.testing.assert_allclose(half[2][half[2] < 0].sum(), -0.5 * c.sum())
+    # contrast 0 is the references' pattern, and needs no groups
+    np.testing.assert_array_equal(synthetic_patterns([a, b, c, lone]), np.stack([a, b, c, lone]).astype(np.float32))
+    with pytest.raises(ConfigError, match="one group per mask"):
+        synthetic_patterns([a, b], contrast=1.0)
+    with pytest.raises(ConfigError, match=r"roi.contrast: expected a number in \[0, 1\]"):
+        synthetic_patterns([a, b], contrast=1.5, groups=groups[:2])
+
 # ------------------------------------------------------------------------------ scaling
 def test_published_constants_and_their_transfer():
     assert PUBLISHED_SCALING["vdvae.z"] == RoiScaling("paper_vdvae", 50.0, 80.0, source=PUBLISHED_SCALING["vdvae.z"].source)
@@ -370,7 +395,9 @@ def test_exploration_save_load_roundtrip(tmp_path, nsd_labels):
     assert back.eccentricity_ordering("toy")["rois"] == ["ecc0pt5", "ecc1"]
     assert (tmp_path / "ex" / "images" / "toy" / "00_faces.png").is_file()
     assert (tmp_path / "ex" / "figures" / "roi_images.png").is_file()
-    assert "toy.z" in back.report_text()
+    assert "toy.z" in back.report_text() and "0 elsewhere (the references)" in back.report_text()
+    ex.info.update(contrast=0.5, contrast_groups=["category"])
+    assert "its peers in category below their mean (contrast 0.5)" in ex.report_text()
 
 
 def test_chain_order():
@@ -429,3 +456,10 @@ def test_latent_semantics_reads_the_roi_latent_before_generation():
     natural = est.readout.predict(emb)
     assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": space({"weights": "b"})}, feats, est, specs, natural) == {}
     assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": SimpleNamespace()}, feats, est, specs, natural) == {}
+
+
+def test_explore_rois_refuses_unknown_contrast_groups():
+    from brainrecon.roi.explore import explore_rois
+
+    with pytest.raises(ConfigError, match=r"roi.contrast_groups: expected names from .*got \['faces'\]"):
+        explore_rois(None, {}, {}, {}, contrast=0.5, contrast_groups=["category", "faces"])
