@@ -1,7 +1,7 @@
 """Acceptance of the ROI exploration on the default (simulated) experiment: closed loop and eccentricity.
 
 For each configuration of the roi stage (the reference one, other decoding seeds, a
-non-transductive VDVAE scaling, the category contrast, IC-GAN), prints, per image set (latent space) and encoding model:
+non-transductive VDVAE scaling, the synthetic patterns, IC-GAN), prints, per image set (latent space) and encoding model:
 
 * per category ROI (faces, words, places, bodies): the ROI's mean z-scored response to its own
   ROI-optimal image, the strongest other category ROI on that image, whether the target wins
@@ -26,6 +26,8 @@ Usage::
     python benchmarks/roi_closed_loop.py --configs gans_sim          # IC-GAN and BigBiGAN
     python benchmarks/roi_closed_loop.py --configs contrast0.5 contrast1 gans_sim_contrast0.25 \
         gans_sim_contrast0.5 gans_sim_contrast0.75 gans_sim_contrast1   # the category contrast (roi.contrast)
+    python benchmarks/roi_closed_loop.py --configs reference conditional partial gans_sim gans_sim_conditional \
+        gans_sim_partial --figure docs/figures/roi_patterns_icgan.png   # the synthetic patterns (roi.pattern)
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ CONFIGS: dict[str, list[str]] = {
     "gans_sim_contrast0.5": ["experiment=gans_sim", "roi.contrast=0.5"],
     "gans_sim_contrast0.75": ["experiment=gans_sim", "roi.contrast=0.75"],
     "gans_sim_contrast1": ["experiment=gans_sim", "roi.contrast=1.0"],
+    # data-driven patterns (roi.pattern, docs/roi.md)
+    "conditional": ["roi.pattern=conditional"],
+    "partial": ["roi.pattern=partial"],
+    "gans_sim_conditional": ["experiment=gans_sim", "roi.pattern=conditional"],
+    "gans_sim_partial": ["experiment=gans_sim", "roi.pattern=partial"],
 }
 DEFAULT_CONFIGS = ["reference", "seeds4to7", "vdvae_train_norm"]
 

@@ -38,7 +38,14 @@ from brainrecon.roi.closed_loop import (
     percentile_of,
 )
 from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, ordering
-from brainrecon.roi.masks import ROI_GROUPS, RoiSpec, resolve_rois, roi_slug, synthetic_patterns
+from brainrecon.roi.masks import (
+    ROI_GROUPS,
+    RoiSpec,
+    conditional_patterns,
+    resolve_rois,
+    roi_slug,
+    synthetic_patterns,
+)
 from brainrecon.roi.synthesis import RoiScaling, TargetStats, decoder_intercept, resolve_scalings, roi_latents
 from brainrecon.roi.weights import WeightAnalysis, weight_analysis
 
@@ -149,11 +156,14 @@ class RoiExploration:
         def f(x: Any) -> str:  # values read back from JSON: NaN was written as null
             return "n/a" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
-        contrast = float(self.info.get("contrast", 0.0))
-        lines = ["Synthetic pattern: " + f"{self.info.get('value', 1.0):g} in the ROI's voxels, "
-                 + ("0 elsewhere (the references)" if contrast == 0 else
-                    f"its peers in {', '.join(self.info.get('contrast_groups', []))} below their mean (contrast {contrast:g})"),
-                 "Scaling of each target:"]
+        contrast, pattern = float(self.info.get("contrast", 0.0)), self.info.get("pattern", "mask")
+        peers = ", ".join(self.info.get("peer_groups", []))
+        lead = f"Synthetic pattern ({pattern}): the ROI {self.info.get('value', 1.0):g} above its mean, "
+        lead += {"conditional": "every other voxel at its expected value then (regression on the ROI's training response)",
+                 "partial": f"its peers in {peers} at their means, every other voxel at its expected value then",
+                 }.get(pattern, "0 elsewhere (the references)" if contrast == 0 else
+                       f"its peers in {peers} below their mean (contrast {contrast:g})")
+        lines = [lead, "Scaling of each target:"]
         for k, sc in self.scalings.items():
             extra = "" if sc.norm is None else f", norm {sc.norm:.3g}"
             lines.append(f"  {k:<24} {sc.method:<15} scale {sc.scale:.3g}{extra}   ({sc.source})")
@@ -388,8 +398,9 @@ def explore_rois(
     seed: int = 0,
     samples: int = 1,
     value: float = 1.0,
+    pattern: str = "mask",
     contrast: float = 0.0,
-    contrast_groups: Sequence[str] = ("category",),
+    peer_groups: Sequence[str] = ("category",),
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
     readout_kernel: str = "rbf",
@@ -426,12 +437,19 @@ def explore_rois(
         shown. Deterministic decoders give identical samples.
     value : float
         Activation of ROI voxels in the synthetic pattern.
+    pattern : {"mask", "conditional", "partial"}
+        ``mask``: the references' pattern (``value`` in the ROI, 0 elsewhere, optionally with
+        ``contrast``); ``conditional``: the brain state expected when the ROI is ``value``
+        above its mean, from the training betas; ``partial``: the same with the ROI's peers
+        (the other ROIs of its group, for groups in ``peer_groups``) held at their means
+        (:func:`~brainrecon.roi.masks.conditional_patterns`).
     contrast : float
-        Weight in [0, 1] of the other ROIs of the group, set below their mean
+        Pattern ``mask`` only: weight in [0, 1] of the peer ROIs, set below their mean
         (:func:`~brainrecon.roi.masks.synthetic_patterns`); 0 is the references' pattern.
-    contrast_groups : sequence of str
-        Groups whose patterns get the contrast. Default: the category ROIs only; for early
-        visual ROIs a contrast puts the negative of the peers' images into the energy maps.
+    peer_groups : sequence of str
+        Groups whose ROIs are set against their peers (by ``contrast`` or ``partial``).
+        Default: the category ROIs only; for early visual ROIs, whose neighbours see nearly
+        the same part of the field, it moves energy away from the ROI's receptive fields.
     models : ``"auto"`` or subset of :data:`CLOSED_LOOP_MODELS`
         ``auto``: ``truth`` and ``fitted`` on simulated data, ``fitted`` otherwise.
     clip_path : str
@@ -453,10 +471,15 @@ def explore_rois(
     from brainrecon.decoding.ridge import RidgeDecoder
     from brainrecon.images import to_float_chw
 
-    contrast_groups = [contrast_groups] if isinstance(contrast_groups, str) else [str(g) for g in contrast_groups]
-    bad = sorted(set(contrast_groups) - set(ROI_GROUPS))
+    peer_groups = [peer_groups] if isinstance(peer_groups, str) else [str(g) for g in peer_groups]
+    bad = sorted(set(peer_groups) - set(ROI_GROUPS))
     if bad:
-        raise ConfigError(f"roi.contrast_groups: expected names from {list(ROI_GROUPS)}, got {bad}")
+        raise ConfigError(f"roi.peer_groups: expected names from {list(ROI_GROUPS)}, got {bad}")
+    if pattern not in ("mask", "conditional", "partial"):
+        raise ConfigError(f"roi.pattern: expected 'mask', 'conditional' or 'partial', got {pattern!r}")
+    if pattern != "mask" and float(contrast) != 0.0:
+        raise ConfigError(f"roi.contrast: applies to pattern 'mask' only, got contrast {contrast!r} with pattern "
+                          f"{pattern!r}")
     init_from = dict(init_from or {})
     missing = sorted(set(spaces) - set(fits)) + sorted(set(spaces) - set(extracts))
     if missing:
@@ -480,8 +503,13 @@ def explore_rois(
     specs, masks = resolve_rois(entries, labels, voxel_ijk=voxel_ijk, volume_shape=shape,
                                 affine=_nsd_affine(info), restrict=restrict)
     names = [s.name for s in specs]
-    Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast,
-                           groups=[s.group if s.group in contrast_groups else None for s in specs])
+    if pattern == "mask":
+        Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast,
+                               groups=[s.group if s.group in peer_groups else None for s in specs])
+    else:
+        Q = conditional_patterns(masks, np.asarray(data.array("X_train")), value=value, restrict=restrict,
+                                 groups=None if pattern == "conditional" else
+                                 [s.group if s.group in peer_groups else None for s in specs])
 
     # ---- latents
     decoders: dict[str, RidgeDecoder] = {}
@@ -525,8 +553,8 @@ def explore_rois(
 
     exploration = RoiExploration(specs, np.stack([masks[n] for n in names]), scalings, latents, images, baseline,
                                  info={"chains": init_from, "seed": int(seed), "samples": int(samples),
-                                       "value": float(value), "contrast": float(contrast),
-                                       "contrast_groups": list(contrast_groups),
+                                       "value": float(value), "pattern": str(pattern), "contrast": float(contrast),
+                                       "peer_groups": list(peer_groups),
                                        "rois_requested": [str(e) if not isinstance(e, Mapping) else dict(e) for e in entries],
                                        "source": info.get("source")})
     if int(samples) > 1:

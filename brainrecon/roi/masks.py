@@ -37,6 +37,11 @@ so that the negative mass is ``contrast`` times the positive one (``contrast=1``
 sums to zero over the group, as a GLM contrast ``[1, -1/3, -1/3, -1/3]`` on ROI means). It
 asks the decoders for what the ROI prefers *over its peers* rather than for what it shares
 with them; the references use ``contrast=0``.
+
+:func:`conditional_patterns` builds data-driven patterns from the training betas instead: the
+brain state expected when the ROI is ``value`` above its mean (every voxel's regression on the
+ROI's mean response), optionally with its peers held at their means (the joint regression on
+the group's ROI responses, the ``partial`` pattern of the roi stage).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "nifti_mask",
     "resolve_rois",
     "synthetic_patterns",
+    "conditional_patterns",
     "roi_slug",
     "nifti_name",
 ]
@@ -326,6 +332,79 @@ def resolve_rois(
     if not specs:
         raise ConfigError("roi.rois: expected at least one ROI, got none")
     return specs, masks
+
+
+def conditional_patterns(
+    masks: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    X: np.ndarray,
+    *,
+    value: float = 1.0,
+    restrict: np.ndarray | None = None,
+    groups: Sequence[str | None] | None = None,
+) -> np.ndarray:
+    """The brain state expected when an ROI is ``value`` above its mean: one row per ROI.
+
+    Every voxel ``j`` gets ``value * cov(x_j, r) / var(r)``, with ``r`` the ROI's mean response
+    over the training trials ``X``: the regression of each voxel on the ROI. The ROI's own
+    voxels average ``value`` by construction; voxels that co-vary with it (a neighbouring
+    eccentricity band, early visual voxels that see what the ROI prefers) take the values they
+    typically have then, where the references' pattern fixes them at their mean. So the decoders
+    are asked about a state the brain actually visits, not one in which the ROI moves alone.
+
+    Parameters
+    ----------
+    masks : mapping of name to (n_voxels,) bool, or a sequence of masks
+    X : (n_trials, n_voxels) float
+        Training betas in the space the decoders were fitted in (z-scored).
+    value : float
+        The ROI's mean activation in that space.
+    restrict : (n_voxels,) bool, optional
+        Voxels outside it are 0.
+    groups : sequence of str or None, optional
+        Group of each mask. An ROI with peers in its group (same name, not ``None``) gets the
+        *partial* pattern: the state expected when it is ``value`` above its mean **while its
+        peers are at their means**, the coefficient of its response in the joint regression of
+        every voxel on the mean responses of all ROIs of the group. Its own voxels still average
+        ``value``; each peer's voxels average 0.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_rois, n_voxels)
+    """
+    rows = list(masks.values()) if isinstance(masks, Mapping) else list(masks)
+    if groups is not None and len(groups) != len(rows):
+        raise ConfigError(f"conditional_patterns: expected one group per mask ({len(rows)}), got {len(groups)}")
+    X = np.asarray(X)
+    if X.ndim != 2 or (rows and X.shape[1] != np.asarray(rows[0]).shape[0]):
+        raise ShapeMismatchError("X (training betas)", f"(n_trials, {np.asarray(rows[0]).shape[0] if rows else 'n_voxels'})",
+                                 X.shape)
+    M = synthetic_patterns(rows, restrict=restrict) > 0
+    Q = np.zeros(M.shape, dtype=np.float32)
+    R = np.zeros((X.shape[0], len(M)))
+    for i, m in enumerate(M):
+        if m.any():
+            r = X[:, m].astype(np.float64).mean(1)
+            R[:, i] = r - r.mean()
+    for i, m in enumerate(M):
+        if not m.any():
+            continue
+        g = None if groups is None else groups[i]
+        members = [i] + [j for j in range(len(M)) if g is not None and j != i and groups[j] == g and M[j].any()]
+        G = R[:, members]
+        gram = G.T @ G
+        if np.linalg.matrix_rank(gram) < len(members):
+            raise DataFormatError(
+                f"conditional_patterns: the mean responses of ROI {i} and its peers {members[1:]} are linearly "
+                "dependent over the training trials (a constant ROI, or ROIs with the same voxels)"
+            )
+        # weights over trials whose product with X is the regression coefficient of ROI i's response
+        # (the first column); X.T @ w needs no centring of X because every column of G sums to zero
+        w = G @ np.linalg.solve(gram, np.eye(len(members))[:, 0])
+        # w in X's dtype: a float64 w would make numpy copy all of X to float64 (1.1 GB for NSD's betas)
+        Q[i] = value * (X.T @ w.astype(X.dtype if X.dtype.kind == "f" else np.float64))
+    if restrict is not None:
+        Q[:, ~np.asarray(restrict, dtype=bool)] = 0.0
+    return Q
 
 
 def nifti_name(path: Path) -> str:

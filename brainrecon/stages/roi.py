@@ -25,8 +25,9 @@ ROI_DEFAULTS: dict[str, Any] = {
     "rois": ["auto"],
     "scaling": {},
     "value": 1.0,
+    "pattern": "mask",
     "contrast": 0.0,
-    "contrast_groups": ["category"],
+    "peer_groups": ["category"],
     "models": "auto",
     "clip_weights": "bundled:clip_small",
     "readout_kernel": "rbf",
@@ -70,7 +71,7 @@ class RoiStage(Stage):
         ``["auto"]`` picks the reference set of the data.
     scaling : dict
         Per-target overrides of the scaling (``{vdvae: {z: {norm: 80}}}``).
-    value, contrast, contrast_groups, models, clip_weights, readout_kernel, stimulus_deg, weights, semantic_pair
+    value, pattern, contrast, peer_groups, models, clip_weights, readout_kernel, stimulus_deg, weights, semantic_pair
         See :func:`brainrecon.roi.explore.explore_rois`.
     ceiling_check : bool
         Also read the semantic estimator on each space's ``ceiling`` images (test stimuli
@@ -114,8 +115,8 @@ class RoiStage(Stage):
             inputs["data"], fits, extracts, {s: spaces[s] for s in fits},
             rois=p["rois"], scaling=p["scaling"], init_from=p.get("chains") or {},
             seed=int(p["decode_seed"] if p["decode_seed"] is not None else p.get("seed", 0)), samples=int(p["samples"]),
-            value=float(p["value"]), contrast=float(p["contrast"]),
-            contrast_groups=p["contrast_groups"], models=p["models"], clip_path=str(p["clip_weights"]),
+            value=float(p["value"]), pattern=str(p["pattern"]), contrast=float(p["contrast"]),
+            peer_groups=p["peer_groups"], models=p["models"], clip_path=str(p["clip_weights"]),
             readout_kernel=str(p["readout_kernel"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
             semantic_pair=p["semantic_pair"], device=str(ctx.resources.get("device", "cpu")),
             ceilings=ceilings or None, progress=ctx.progress,

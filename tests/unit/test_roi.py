@@ -12,7 +12,14 @@ from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
 from brainrecon.roi.closed_loop import ClosedLoopResult, KernelRidgeReadout, closed_loop, percentile_of, roi_means
 from brainrecon.roi.energy import energy_analysis, ordering, prf_coverage, ring_profile
 from brainrecon.roi.explore import RoiExploration, chain_order
-from brainrecon.roi.masks import ROI_SETS, RoiSpec, nifti_mask, resolve_rois, synthetic_patterns
+from brainrecon.roi.masks import (
+    ROI_SETS,
+    RoiSpec,
+    conditional_patterns,
+    nifti_mask,
+    resolve_rois,
+    synthetic_patterns,
+)
 from brainrecon.roi.synthesis import (
     PUBLISHED_SCALING,
     RoiScaling,
@@ -396,7 +403,10 @@ def test_exploration_save_load_roundtrip(tmp_path, nsd_labels):
     assert (tmp_path / "ex" / "images" / "toy" / "00_faces.png").is_file()
     assert (tmp_path / "ex" / "figures" / "roi_images.png").is_file()
     assert "toy.z" in back.report_text() and "0 elsewhere (the references)" in back.report_text()
-    ex.info.update(contrast=0.5, contrast_groups=["category"])
+    ex.info.update(pattern="partial", peer_groups=["category"])
+    assert "Synthetic pattern (partial): the ROI 1 above its mean, its peers in category at their means" in ex.report_text()
+    ex.info.update(pattern="mask")
+    ex.info.update(contrast=0.5, peer_groups=["category"])
     assert "its peers in category below their mean (contrast 0.5)" in ex.report_text()
 
 
@@ -458,8 +468,53 @@ def test_latent_semantics_reads_the_roi_latent_before_generation():
     assert _latent_semantics({"vd": {"clip_vision": z}}, {"vd": SimpleNamespace()}, feats, est, specs, natural) == {}
 
 
-def test_explore_rois_refuses_unknown_contrast_groups():
+def test_conditional_and_partial_patterns_are_regressions_on_the_roi_responses():
+    rng = np.random.default_rng(0)
+    n, p = 400, 30
+    a, b = np.zeros(p, bool), np.zeros(p, bool)
+    a[:5], b[5:10] = True, True
+    shared = rng.normal(size=n)  # what both ROIs respond to (a content both share)
+    ra, rb = shared + rng.normal(size=n), shared + rng.normal(size=n)
+    X = rng.normal(scale=0.3, size=(n, p))
+    X[:, a] += ra[:, None]
+    X[:, b] += rb[:, None]
+    X[:, 20] += 2.0 * ra  # a voxel outside both that follows ROI a
+    X[:, 21] += 2.0 * shared  # one that follows what a and b share
+    C = conditional_patterns([a, b], X, value=2.0)
+    assert C.shape == (2, p) and C.dtype == np.float32
+    assert C[0, a].mean() == pytest.approx(2.0, abs=1e-5) and C[1, b].mean() == pytest.approx(2.0, abs=1e-5)
+    assert C[0, b].mean() > 0.5  # the peer follows: their responses are correlated
+    P = conditional_patterns([a, b], X, value=2.0, groups=["category", "category"])
+    assert P[0, a].mean() == pytest.approx(2.0, abs=1e-5)
+    assert abs(P[0, b].mean()) < 1e-5  # the peer held at its mean
+    assert P[0, 20] == pytest.approx(4.0, abs=0.3)  # ROI a's own follower keeps its slope
+    # the shared voxel: E[shared | ra, rb] = (ra + rb) / 3, so its partial slope on ra is 1/3 against 1/2 alone
+    assert P[0, 21] == pytest.approx(C[0, 21] * 2 / 3, rel=0.15)
+    # no peer in its group: partial is conditional
+    np.testing.assert_allclose(conditional_patterns([a, b], X, groups=["category", None])[1],
+                               conditional_patterns([a, b], X)[1], rtol=1e-5, atol=1e-6)
+    restrict = np.ones(p, bool)
+    restrict[20] = False
+    assert conditional_patterns([a, b], X, restrict=restrict)[0, 20] == 0
+    with pytest.raises(ShapeMismatchError):
+        conditional_patterns([a, b], X[:, :-1])
+    with pytest.raises(DataFormatError, match="linearly dependent"):
+        conditional_patterns([a, a.copy()], X, groups=["category", "category"])
+    with pytest.raises(ConfigError, match="one group per mask"):
+        conditional_patterns([a, b], X, groups=["category"])
+
+
+def test_explore_rois_refuses_bad_pattern_settings():
     from brainrecon.roi.explore import explore_rois
 
-    with pytest.raises(ConfigError, match=r"roi.contrast_groups: expected names from .*got \['faces'\]"):
-        explore_rois(None, {}, {}, {}, contrast=0.5, contrast_groups=["category", "faces"])
+    with pytest.raises(ConfigError, match=r"roi.pattern: expected 'mask', 'conditional' or 'partial', got 'flat'"):
+        explore_rois(None, {}, {}, {}, pattern="flat")
+    with pytest.raises(ConfigError, match="roi.contrast: applies to pattern 'mask' only"):
+        explore_rois(None, {}, {}, {}, pattern="partial", contrast=0.5)
+
+
+def test_explore_rois_refuses_unknown_peer_groups():
+    from brainrecon.roi.explore import explore_rois
+
+    with pytest.raises(ConfigError, match=r"roi.peer_groups: expected names from .*got \['faces'\]"):
+        explore_rois(None, {}, {}, {}, contrast=0.5, peer_groups=["category", "faces"])
