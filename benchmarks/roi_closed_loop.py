@@ -1,7 +1,8 @@
 """Acceptance of the ROI exploration on the default (simulated) experiment: closed loop and eccentricity.
 
 For each configuration of the roi stage (the reference one, other decoding seeds, a
-non-transductive VDVAE scaling, the synthetic patterns, IC-GAN), prints, per image set (latent space) and encoding model:
+non-transductive VDVAE scaling, the synthetic patterns, IC-GAN, another simulated experiment, the
+scene segmenter as the truth model's semantic reader), prints, per image set (latent space) and encoding model:
 
 * per category ROI (faces, words, places, bodies): the ROI's mean z-scored response to its own
   ROI-optimal image, the strongest other category ROI on that image, whether the target wins
@@ -28,6 +29,8 @@ Usage::
         gans_sim_contrast0.5 gans_sim_contrast0.75 gans_sim_contrast1   # the category contrast (roi.contrast)
     python benchmarks/roi_closed_loop.py --configs reference conditional partial gans_sim gans_sim_conditional \
         gans_sim_partial --figure docs/figures/roi_patterns_icgan.png   # the synthetic patterns (roi.pattern)
+    python benchmarks/roi_closed_loop.py --configs gans_sim_seed1 gans_sim_partial_seed1 segmenter partial_segmenter \
+        gans_sim_segmenter gans_sim_partial_segmenter gans_sim_partial_seed1_segmenter   # another seed; the segmenter
 """
 
 from __future__ import annotations
@@ -64,6 +67,17 @@ CONFIGS: dict[str, list[str]] = {
     "partial": ["roi.pattern=partial"],
     "gans_sim_conditional": ["experiment=gans_sim", "roi.pattern=conditional"],
     "gans_sim_partial": ["experiment=gans_sim", "roi.pattern=partial"],
+    # another simulated experiment (seed 1: other stimuli, brain and noise); its first run simulates the data and
+    # extracts every latent (about 10 minutes)
+    "gans_sim_seed1": ["experiment=gans_sim", "seed=1"],
+    "gans_sim_partial_seed1": ["experiment=gans_sim", "seed=1", "roi.pattern=partial"],
+    # the truth model with the scene segmenter reading the images (roi.semantic_estimator, docs/roi.md)
+    "segmenter": ["roi.semantic_estimator=segmenter"],
+    "partial_segmenter": ["roi.pattern=partial", "roi.semantic_estimator=segmenter"],
+    "gans_sim_segmenter": ["experiment=gans_sim", "roi.semantic_estimator=segmenter"],
+    "gans_sim_partial_segmenter": ["experiment=gans_sim", "roi.pattern=partial", "roi.semantic_estimator=segmenter"],
+    "gans_sim_partial_seed1_segmenter": ["experiment=gans_sim", "seed=1", "roi.pattern=partial",
+                                         "roi.semantic_estimator=segmenter"],
 }
 DEFAULT_CONFIGS = ["reference", "seeds4to7", "vdvae_train_norm"]
 

@@ -313,7 +313,8 @@ class SimulatedResponses:
         self.semantics = semantics
         self.description = (
             "simulator's true encoding model; category areas "
-            + ("estimated from the image (SemanticEstimator)" if semantics is not None else "set to 0")
+            + (f"estimated from the image ({getattr(semantics, 'name', type(semantics).__name__)})"
+               if semantics is not None else "set to 0")
         )
 
     @classmethod

@@ -404,6 +404,8 @@ def explore_rois(
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
     readout_kernel: str = "rbf",
+    semantic_estimator: str = "clip",
+    segmenter_path: str = "bundled:scene_segmenter.safetensors",
     stimulus_deg: float = NSD_STIMULUS_DEG,
     weights: bool = True,
     semantic_pair: Sequence[str] | str | None = "auto",
@@ -456,6 +458,13 @@ def explore_rois(
         CLIP used by the semantic estimator and the fitted encoding model's features.
     readout_kernel : {"rbf", "linear"}
         Kernel of the semantic estimator.
+    semantic_estimator : {"clip", "segmenter"}
+        What reads the category areas of images for the ``truth`` model: ``clip``, a kernel
+        readout of the CLIP-small embedding fitted on the training stimuli; ``segmenter``, the
+        scene segmenter at ``segmenter_path`` (:mod:`brainrecon.sim.segmenter`), trained on
+        other procedural scenes' exact label maps.
+    segmenter_path : str
+        Weights of the scene segmenter.
     stimulus_deg : float
         Visual angle of the stimuli (energy analysis).
     weights : bool
@@ -475,6 +484,8 @@ def explore_rois(
     bad = sorted(set(peer_groups) - set(ROI_GROUPS))
     if bad:
         raise ConfigError(f"roi.peer_groups: expected names from {list(ROI_GROUPS)}, got {bad}")
+    if semantic_estimator not in ("clip", "segmenter"):
+        raise ConfigError(f"roi.semantic_estimator: expected 'clip' or 'segmenter', got {semantic_estimator!r}")
     if pattern not in ("mask", "conditional", "partial"):
         raise ConfigError(f"roi.pattern: expected 'mask', 'conditional' or 'partial', got {pattern!r}")
     if pattern != "mask" and float(contrast) != 0.0:
@@ -581,17 +592,25 @@ def explore_rois(
 
         truth = load_truth(Path(info["sim_root"]))
         tr_ids, te_ids = np.asarray(data.array("train_ids")), np.asarray(data.array("test_ids"))
+        # the CLIP readout also reads ROI latents before generation (_latent_semantics), whichever reads images
         estimator = SemanticEstimator([clip_features], KernelRidgeReadout(kernel=readout_kernel),
                                       categories=truth.categories).fit(stim_tr, truth.semantics[tr_ids])
-        heldout = estimator.score(stim_te, truth.semantics[te_ids])
-        extra: dict[str, Any] = {"semantic_estimator_heldout": heldout}
+        clip_heldout = estimator.score(stim_te, truth.semantics[te_ids])
+        if semantic_estimator == "segmenter":
+            from brainrecon.sim.segmenter import SegmenterSemantics
+
+            image_estimator: Any = SegmenterSemantics(segmenter_path, device=device, categories=truth.categories)
+            heldout = image_estimator.score(stim_te, truth.semantics[te_ids])
+        else:
+            image_estimator, heldout = estimator, {**clip_heldout, "estimator": "clip_readout"}
+        extra: dict[str, Any] = {"semantic_estimator_heldout": heldout, "clip_readout_heldout": clip_heldout}
         if ceilings:
             extra["generator_ceiling_semantics_r"] = {
-                s: dict(zip(truth.categories, column_scores(estimator(np.asarray(c)).astype(np.float64),
+                s: dict(zip(truth.categories, column_scores(image_estimator(np.asarray(c)).astype(np.float64),
                                                             truth.semantics[te_ids])[0]))
                 for s, c in ceilings.items() if len(c) == len(te_ids)
             }
-        model = SimulatedResponses.from_sim_root(info["sim_root"], voxel_ijk, estimator)
+        model = SimulatedResponses.from_sim_root(info["sim_root"], voxel_ijk, image_estimator)
         res = closed_loop(
             model, scored, masks, groups, natural_train=stim_tr, natural_test=stim_te,
             natural_test_semantics=truth.semantics[te_ids], extra=extra,

@@ -318,7 +318,9 @@ def captions_for_scene(objects: list[dict], rng: np.random.Generator) -> list[st
 
 
 # --------------------------------------------------------------------------- generators
-def procedural_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def procedural_scene(
+    rng: np.random.Generator, size: int, *, return_labels: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[dict]] | tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
     """Draw one scene.
 
     Returns
@@ -326,6 +328,8 @@ def procedural_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, n
     image : (size, size, 3) uint8
     semantics : (len(CATEGORIES),) float32, visible area fraction per category
     objects : list of JSON-serialisable object descriptions
+    labels : (size, size) int16, only with ``return_labels``
+        Category index of each pixel (-1: background); ``semantics[c]`` is ``mean(labels == c)``.
     """
     canvas = pink_noise_background(rng, size)
     labels = np.full((size, size), -1, dtype=np.int16)
@@ -356,6 +360,8 @@ def procedural_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, n
         c = CATEGORIES.index(obj["category"])
         obj["area"] = float(np.mean(mask & (labels == c)))
     image = np.clip(np.round(canvas * 255.0), 0, 255).astype(np.uint8)
+    if return_labels:
+        return image, semantics, objects, labels
     return image, semantics, objects
 
 

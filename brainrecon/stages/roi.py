@@ -31,6 +31,8 @@ ROI_DEFAULTS: dict[str, Any] = {
     "models": "auto",
     "clip_weights": "bundled:clip_small",
     "readout_kernel": "rbf",
+    "semantic_estimator": "clip",
+    "segmenter_weights": "bundled:scene_segmenter.safetensors",
     "stimulus_deg": 8.4,
     "weights": True,
     "semantic_pair": "auto",
@@ -71,8 +73,11 @@ class RoiStage(Stage):
         ``["auto"]`` picks the reference set of the data.
     scaling : dict
         Per-target overrides of the scaling (``{vdvae: {z: {norm: 80}}}``).
-    value, pattern, contrast, peer_groups, models, clip_weights, readout_kernel, stimulus_deg, weights, semantic_pair
+    value, pattern, contrast, peer_groups, models, clip_weights, readout_kernel, semantic_estimator, stimulus_deg,
+    weights, semantic_pair
         See :func:`brainrecon.roi.explore.explore_rois`.
+    segmenter_weights : str
+        Weights of the scene segmenter (``semantic_estimator: segmenter``).
     ceiling_check : bool
         Also read the semantic estimator on each space's ``ceiling`` images (test stimuli
         decoded from their true latents): can the generator show each category at all?
@@ -117,7 +122,8 @@ class RoiStage(Stage):
             seed=int(p["decode_seed"] if p["decode_seed"] is not None else p.get("seed", 0)), samples=int(p["samples"]),
             value=float(p["value"]), pattern=str(p["pattern"]), contrast=float(p["contrast"]),
             peer_groups=p["peer_groups"], models=p["models"], clip_path=str(p["clip_weights"]),
-            readout_kernel=str(p["readout_kernel"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
+            readout_kernel=str(p["readout_kernel"]), semantic_estimator=str(p["semantic_estimator"]),
+            segmenter_path=str(p["segmenter_weights"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
             semantic_pair=p["semantic_pair"], device=str(ctx.resources.get("device", "cpu")),
             ceilings=ceilings or None, progress=ctx.progress,
         )

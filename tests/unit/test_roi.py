@@ -511,6 +511,8 @@ def test_explore_rois_refuses_bad_pattern_settings():
         explore_rois(None, {}, {}, {}, pattern="flat")
     with pytest.raises(ConfigError, match="roi.contrast: applies to pattern 'mask' only"):
         explore_rois(None, {}, {}, {}, pattern="partial", contrast=0.5)
+    with pytest.raises(ConfigError, match=r"roi.semantic_estimator: expected 'clip' or 'segmenter', got 'sam'"):
+        explore_rois(None, {}, {}, {}, semantic_estimator="sam")
 
 
 def test_explore_rois_refuses_unknown_peer_groups():
