@@ -46,31 +46,35 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The configurations of the logs up to session 6 read images with the CLIP readout, the default until then; the
+# segmenter configurations use the scene segmenter (the default since).
+CLIP = ["roi.semantic_estimator=clip"]
+
 #: roi-stage configurations: Hydra overrides on top of conf/roi_explore.yaml.
 CONFIGS: dict[str, list[str]] = {
-    "reference": [],  # roi.samples (4) draws per ROI, seeds 0-3
-    "seeds4to7": ["roi.decode_seed=4"],  # four other draws of the same latents
-    "vdvae_train_norm": ["+roi.scaling.vdvae.z.method=train_norm"],
+    "reference": CLIP,  # roi.samples (4) draws per ROI, seeds 0-3
+    "seeds4to7": ["roi.decode_seed=4", *CLIP],  # four other draws of the same latents
+    "vdvae_train_norm": ["+roi.scaling.vdvae.z.method=train_norm", *CLIP],
     # IC-GAN and BigBiGAN (experiment=gans_sim); not run by default: its first run also extracts IC-GAN's
     # latents (an inversion of every stimulus, about 4-6 minutes) unless `python -m pipelines.run experiment=gans_sim`
     # ran before
-    "gans_sim": ["experiment=gans_sim"],
+    "gans_sim": ["experiment=gans_sim", *CLIP],
     # localiser-style contrast of the category ROIs' patterns (roi.contrast, docs/roi.md)
-    "contrast0.5": ["roi.contrast=0.5"],
-    "contrast1": ["roi.contrast=1.0"],
-    "gans_sim_contrast0.25": ["experiment=gans_sim", "roi.contrast=0.25"],
-    "gans_sim_contrast0.5": ["experiment=gans_sim", "roi.contrast=0.5"],
-    "gans_sim_contrast0.75": ["experiment=gans_sim", "roi.contrast=0.75"],
-    "gans_sim_contrast1": ["experiment=gans_sim", "roi.contrast=1.0"],
+    "contrast0.5": ["roi.contrast=0.5", *CLIP],
+    "contrast1": ["roi.contrast=1.0", *CLIP],
+    "gans_sim_contrast0.25": ["experiment=gans_sim", "roi.contrast=0.25", *CLIP],
+    "gans_sim_contrast0.5": ["experiment=gans_sim", "roi.contrast=0.5", *CLIP],
+    "gans_sim_contrast0.75": ["experiment=gans_sim", "roi.contrast=0.75", *CLIP],
+    "gans_sim_contrast1": ["experiment=gans_sim", "roi.contrast=1.0", *CLIP],
     # data-driven patterns (roi.pattern, docs/roi.md)
-    "conditional": ["roi.pattern=conditional"],
-    "partial": ["roi.pattern=partial"],
-    "gans_sim_conditional": ["experiment=gans_sim", "roi.pattern=conditional"],
-    "gans_sim_partial": ["experiment=gans_sim", "roi.pattern=partial"],
+    "conditional": ["roi.pattern=conditional", *CLIP],
+    "partial": ["roi.pattern=partial", *CLIP],
+    "gans_sim_conditional": ["experiment=gans_sim", "roi.pattern=conditional", *CLIP],
+    "gans_sim_partial": ["experiment=gans_sim", "roi.pattern=partial", *CLIP],
     # another simulated experiment (seed 1: other stimuli, brain and noise); its first run simulates the data and
     # extracts every latent (about 10 minutes)
-    "gans_sim_seed1": ["experiment=gans_sim", "seed=1"],
-    "gans_sim_partial_seed1": ["experiment=gans_sim", "seed=1", "roi.pattern=partial"],
+    "gans_sim_seed1": ["experiment=gans_sim", "seed=1", *CLIP],
+    "gans_sim_partial_seed1": ["experiment=gans_sim", "seed=1", "roi.pattern=partial", *CLIP],
     # the truth model with the scene segmenter reading the images (roi.semantic_estimator, docs/roi.md)
     "segmenter": ["roi.semantic_estimator=segmenter"],
     "partial_segmenter": ["roi.pattern=partial", "roi.semantic_estimator=segmenter"],
@@ -79,7 +83,7 @@ CONFIGS: dict[str, list[str]] = {
     "gans_sim_partial_seed1_segmenter": ["experiment=gans_sim", "seed=1", "roi.pattern=partial",
                                          "roi.semantic_estimator=segmenter"],
 }
-DEFAULT_CONFIGS = ["reference", "seeds4to7", "vdvae_train_norm"]
+DEFAULT_CONFIGS = ["segmenter", "partial_segmenter", "reference", "seeds4to7", "vdvae_train_norm"]
 
 
 def run_config(overrides: list[str], artifacts: Path, data: Path):
@@ -192,7 +196,7 @@ def configs_figure(runs: dict[str, object], space: str, path: Path, model: str =
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(f"{space} ROI images per configuration ({model} model: drive, percentile of natural test stimuli)",
-                 fontsize=9)
+                 fontsize=9, y=1.0 + 0.12 / len(rows))
     fig.subplots_adjust(wspace=0.08, hspace=0.45)
     return save_figure(fig, path)
 

@@ -12,10 +12,12 @@ Encoding models
 :class:`SimulatedResponses` (simulated data)
     The simulator's true model (:class:`brainrecon.sim.encoding.EncodingModel`). Its semantic
     features are the fraction of the image covered by each object category, which is known
-    only for the simulated stimuli; for any other image it has to be **estimated**.
-    :class:`SemanticEstimator` does that with a kernel ridge readout (:class:`KernelRidgeReadout`)
-    from the image's CLIP-small embedding, fitted on the training stimuli whose category areas
-    are known and scored on the test stimuli (``heldout_``). The closed loop on simulated data
+    only for the simulated stimuli; for any other image it has to be **estimated**. The roi
+    stage's default reader is a scene segmenter trained on other scenes' exact label maps
+    (:class:`brainrecon.sim.segmenter.SegmenterSemantics`); :class:`SemanticEstimator` is the
+    alternative, a kernel ridge readout (:class:`KernelRidgeReadout`) from the image's CLIP-small
+    embedding, fitted on the training stimuli whose category areas are known. Either is scored
+    on the test stimuli (``heldout_``). The closed loop on simulated data
     therefore uses the true low-level model and an *estimated* semantic input; natural stimuli
     are passed through the same estimator so that both sides are scored alike (their
     percentiles with the true category areas are reported too).

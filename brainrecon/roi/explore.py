@@ -404,7 +404,7 @@ def explore_rois(
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
     readout_kernel: str = "rbf",
-    semantic_estimator: str = "clip",
+    semantic_estimator: str = "segmenter",
     segmenter_path: str = "bundled:scene_segmenter.safetensors",
     stimulus_deg: float = NSD_STIMULUS_DEG,
     weights: bool = True,
@@ -458,11 +458,12 @@ def explore_rois(
         CLIP used by the semantic estimator and the fitted encoding model's features.
     readout_kernel : {"rbf", "linear"}
         Kernel of the semantic estimator.
-    semantic_estimator : {"clip", "segmenter"}
-        What reads the category areas of images for the ``truth`` model: ``clip``, a kernel
-        readout of the CLIP-small embedding fitted on the training stimuli; ``segmenter``, the
-        scene segmenter at ``segmenter_path`` (:mod:`brainrecon.sim.segmenter`), trained on
-        other procedural scenes' exact label maps.
+    semantic_estimator : {"segmenter", "clip"}
+        What reads the category areas of images for the ``truth`` model: ``segmenter`` (default),
+        the scene segmenter at ``segmenter_path`` (:mod:`brainrecon.sim.segmenter`), trained on
+        other procedural scenes' exact label maps; ``clip``, a kernel readout of the CLIP-small
+        embedding fitted on the training stimuli (less accurate, bodies above all). The CLIP
+        readout is fitted either way: it reads the ROI latents before generation.
     segmenter_path : str
         Weights of the scene segmenter.
     stimulus_deg : float

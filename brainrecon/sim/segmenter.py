@@ -112,7 +112,8 @@ def to_segmenter_input(images: np.ndarray):  # noqa: ANN201
     arr = np.asarray(images)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ShapeMismatchError("images", "(n, H, W, 3) uint8", f"{arr.shape} {arr.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 255.0
+    # astype copies: artifacts are memory-mapped read-only, and torch wants writable arrays
+    x = torch.from_numpy(arr.astype(np.float32) / np.float32(255.0)).permute(0, 3, 1, 2)
     if x.shape[-2:] != (SEGMENTER_SIZE, SEGMENTER_SIZE):
         x = F.interpolate(x, size=(SEGMENTER_SIZE, SEGMENTER_SIZE), mode="area")
     return x

@@ -31,7 +31,7 @@ ROI_DEFAULTS: dict[str, Any] = {
     "models": "auto",
     "clip_weights": "bundled:clip_small",
     "readout_kernel": "rbf",
-    "semantic_estimator": "clip",
+    "semantic_estimator": "segmenter",
     "segmenter_weights": "bundled:scene_segmenter.safetensors",
     "stimulus_deg": 8.4,
     "weights": True,
