@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -184,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from brainrecon.latents.digits import save_digit_vae
+    from brainrecon.provenance import training_provenance, write_training_provenance
 
     torch.set_num_threads(args.threads)
     path = shared_dataset_file("vangerven2010-digits69/digit69_28x28.mat", args.data)
@@ -194,10 +192,9 @@ def main(argv: list[str] | None = None) -> None:
                          lr=args.lr, beta=args.beta, seed=args.seed)
     wall = time.perf_counter() - t0
     out = save_digit_vae(model, args.out)
-    prov = {
-        "script": "scripts/train_digit_vae.py",
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "training_data": {
+    prov = training_provenance(
+        "scripts/train_digit_vae.py", vars(args), model, out, trace, wall,
+        training_data={
             "digits69_file": str(path),
             "digits69_file_sha256": sha256_file(path),
             "digits69_train_stimuli_sha256": sha256_array(imgs),
@@ -206,17 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             "sklearn_digits_6_9_sha256": None if args.no_sklearn else sha256_array(extra),
             "sklearn_digits_6_9_images": int(len(extra)),
         },
-        "loss_trace": trace,
-        "final": trace[-1] if trace else None,
-        "wall_time_s": round(wall, 1),
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "weights_bytes": out.stat().st_size,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-    }
-    prov_path = out.with_suffix(".training.json")
-    tmp = prov_path.with_name(prov_path.name + ".partial")
-    tmp.write_text(json.dumps(prov, indent=2) + "\n")
-    os.replace(tmp, prov_path)
+    )
+    write_training_provenance(out, prov)
     print(f"wrote {out} ({prov['weights_bytes'] / 1e6:.2f} MB, {prov['n_parameters']} parameters) in {wall:.1f} s; "
           f"final {prov['final']}")
 

@@ -18,9 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -51,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from brainrecon.provenance import training_provenance, write_training_provenance
     from brainrecon.roi.closed_loop import column_scores
     from brainrecon.sim.segmenter import (
         SegmenterConfig,
@@ -71,24 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     held_images, _, held_semantics = segmentation_set(args.heldout, args.seed + 1, args.size)
     est = SegmenterSemantics(str(out), categories=CATEGORIES)(held_images)
     r, r2 = column_scores(est.astype(np.float64), held_semantics.astype(np.float64))
-    prov = {
-        "script": "scripts/train_scene_segmenter.py",
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "training_data": {"generator": "brainrecon.sim.stimuli.procedural_scene", "scenes": args.scenes,
-                          "seed": args.seed, "size": args.size},
-        "heldout": {"scenes": args.heldout, "seed": args.seed + 1, "categories": list(CATEGORIES),
-                    "r": [round(float(v), 4) for v in r], "r2": [round(float(v), 4) for v in r2]},
-        "loss_trace": trace,
-        "final": trace[-1] if trace else None,
-        "wall_time_s": round(wall, 1),
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "weights_bytes": out.stat().st_size,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-    }
-    prov_path = out.with_suffix(".training.json")
-    tmp = prov_path.with_name(prov_path.name + ".partial")
-    tmp.write_text(json.dumps(prov, indent=2) + "\n")
-    os.replace(tmp, prov_path)
+    prov = training_provenance(
+        "scripts/train_scene_segmenter.py", vars(args), model, out, trace, wall,
+        training_data={"generator": "brainrecon.sim.stimuli.procedural_scene", "scenes": args.scenes,
+                       "seed": args.seed, "size": args.size},
+        heldout={"scenes": args.heldout, "seed": args.seed + 1, "categories": list(CATEGORIES),
+                 "r": [round(float(v), 4) for v in r], "r2": [round(float(v), 4) for v in r2]},
+    )
+    write_training_provenance(out, prov)
     print(f"wrote {out} ({prov['weights_bytes'] / 1e6:.2f} MB, {prov['n_parameters']} parameters) in {wall:.1f} s; "
           "held-out r: " + ", ".join(f"{c} {v:.3f}" for c, v in zip(CATEGORIES, r)))
 

@@ -31,7 +31,6 @@ Weights: ``.safetensors`` with a ``.json`` architecture config beside it; the bu
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from brainrecon.errors import ConfigError, DataFormatError, MissingWeightsError, ShapeMismatchError
+from brainrecon.errors import ConfigError, ShapeMismatchError
 from brainrecon.latents.base import Stimuli, TargetSpec
 
 __all__ = [
@@ -142,20 +141,9 @@ def build_digit_vae(cfg: DigitVAEConfig):  # noqa: ANN201 (torch is imported laz
 
 def save_digit_vae(model, path: str | os.PathLike) -> Path:  # noqa: ANN001
     """Write ``model``'s weights as ``.safetensors`` and its config as ``.json`` beside them (atomically)."""
-    from safetensors.torch import save_file
+    from brainrecon.latents.state_dict import save_safetensors_with_config
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ConfigError(f"save_digit_vae writes .safetensors, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.chmod(0o644)  # safetensors writes owner-only files; these weights are meant to be shared
-    cfg_tmp = path.with_suffix(".json.partial")
-    cfg_tmp.write_text(json.dumps({**asdict(model.cfg), "channels": list(model.cfg.channels)}, indent=2) + "\n")
-    os.replace(tmp, path)
-    os.replace(cfg_tmp, path.with_suffix(".json"))
-    return path
+    return save_safetensors_with_config(model, path, {**asdict(model.cfg), "channels": list(model.cfg.channels)})
 
 
 def load_digit_vae(path: str | os.PathLike, device: str = "cpu"):  # noqa: ANN201
@@ -168,32 +156,12 @@ def load_digit_vae(path: str | os.PathLike, device: str = "cpu"):  # noqa: ANN20
     DataFormatError
         The file is unreadable or its tensors do not match the config.
     """
-    from brainrecon.paths import resolve_weights_path
+    from brainrecon.latents.state_dict import load_safetensors_with_config
 
-    path = resolve_weights_path(path)
-    hint = "train it with scripts/train_digit_vae.py (needs ../shared/data/vangerven2010-digits69)"
-    if not path.is_file():
-        raise MissingWeightsError(path, "digit VAE weights", hint=hint)
-    cfg_path = path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise MissingWeightsError(cfg_path, "digit VAE architecture config (.json beside the weights)", hint=hint)
-    try:
-        cfg = DigitVAEConfig.from_dict(json.loads(cfg_path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(path), device=device)
-    except Exception as exc:
-        raise DataFormatError(f"{path}: cannot read as safetensors ({type(exc).__name__}: {exc})") from exc
-    model = build_digit_vae(cfg).to(device)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise DataFormatError(f"{path}: tensors do not match the config {cfg} ({exc})") from exc
-    model.eval()
-    return model
+    return load_safetensors_with_config(
+        path, "digit VAE", lambda cfg: build_digit_vae(DigitVAEConfig.from_dict(cfg)), device=device,
+        hint="train it with scripts/train_digit_vae.py (needs ../shared/data/vangerven2010-digits69)",
+    )
 
 
 def to_gray28(images: np.ndarray) -> np.ndarray:

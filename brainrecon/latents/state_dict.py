@@ -13,12 +13,16 @@ safety and strictness rules are written once:
    model on partly loaded or random weights.
 3. :func:`assign_state_dict`: the file's tensors become the parameters of a model built
    on the ``meta`` device, so a large model is never allocated twice.
+
+The models the project trains itself are written by :func:`save_safetensors_with_config` and
+read back by :func:`load_safetensors_with_config`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +32,15 @@ from torch import nn
 
 from brainrecon.errors import DataFormatError, MissingWeightsError
 
-__all__ = ["StateDictMismatch", "assign_state_dict", "check_state_dict", "compare_state_dict", "read_state_dict"]
+__all__ = [
+    "StateDictMismatch",
+    "assign_state_dict",
+    "check_state_dict",
+    "compare_state_dict",
+    "read_state_dict",
+    "load_safetensors_with_config",
+    "save_safetensors_with_config",
+]
 
 Shape = tuple[int, ...]
 ModelT = TypeVar("ModelT", bound=nn.Module)
@@ -240,3 +252,93 @@ def assign_state_dict(
     model = model.to(device)
     model.eval().requires_grad_(False)
     return model
+
+
+def save_safetensors_with_config(model: nn.Module, path: str | os.PathLike, config: Mapping[str, Any]) -> Path:
+    """Write ``model``'s state dict as ``.safetensors`` and ``config`` as ``.json`` beside it.
+
+    Both go through a temporary file and a rename, the weights first, so a reader never sees a
+    config without its weights. The weights file is made world-readable (safetensors writes
+    owner-only files; bundled weights are meant to be shared).
+    """
+    from safetensors.torch import save_file
+
+    from brainrecon.errors import ConfigError
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"weights path: expected a .safetensors file, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.chmod(0o644)
+    cfg_tmp = path.with_suffix(".json.partial")
+    cfg_tmp.write_text(json.dumps(dict(config), indent=2) + "\n")
+    os.replace(tmp, path)
+    os.replace(cfg_tmp, path.with_suffix(".json"))
+    return path
+
+
+def load_safetensors_with_config(
+    path: str | os.PathLike,
+    what: str,
+    from_config: Callable[[dict[str, Any]], nn.Module],
+    *,
+    hint: str = "",
+    device: str = "cpu",
+) -> nn.Module:
+    """Read weights written by :func:`save_safetensors_with_config` into the model their config describes.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.safetensors`` file (``bundled:<name>`` allowed); its config is the ``.json`` beside it.
+    what : str
+        What the file holds, for the messages (``"scene segmenter"``).
+    from_config : callable
+        Config mapping -> freshly built model (it may raise ``ConfigError`` for a bad config).
+    hint : str
+        How to obtain the weights, appended to :class:`MissingWeightsError` messages.
+
+    Returns
+    -------
+    nn.Module
+        In evaluation mode on ``device``, gradients off.
+
+    Raises
+    ------
+    MissingWeightsError
+        The weights or their config are absent (the message names the path).
+    DataFormatError
+        The config is not JSON or not a config of this model, the file is not safetensors, or its
+        tensors do not match the model (every key, every shape: ``strict`` loading).
+    """
+    from safetensors.torch import load_file
+
+    from brainrecon.paths import resolve_weights_path
+
+    path = resolve_weights_path(path)
+    if not path.is_file():
+        raise MissingWeightsError(path, f"{what} weights", hint=hint)
+    cfg_path = path.with_suffix(".json")
+    if not cfg_path.is_file():
+        raise MissingWeightsError(cfg_path, f"{what} architecture config (.json beside the weights)", hint=hint)
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    try:
+        model = from_config(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataFormatError(f"{cfg_path}: not a {what} config ({type(exc).__name__}: {exc})") from exc
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a corrupt header
+        raise DataFormatError(f"{path}: cannot read as safetensors ({type(exc).__name__}: {exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise DataFormatError(f"{path}: tensors do not match the {what} of config {config} ({exc})") from exc
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval()

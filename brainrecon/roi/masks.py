@@ -375,9 +375,9 @@ def conditional_patterns(
     if groups is not None and len(groups) != len(rows):
         raise ConfigError(f"conditional_patterns: expected one group per mask ({len(rows)}), got {len(groups)}")
     X = np.asarray(X)
-    if X.ndim != 2 or (rows and X.shape[1] != np.asarray(rows[0]).shape[0]):
-        raise ShapeMismatchError("X (training betas)", f"(n_trials, {np.asarray(rows[0]).shape[0] if rows else 'n_voxels'})",
-                                 X.shape)
+    n_voxels = np.asarray(rows[0]).shape[0] if rows else "n_voxels"
+    if X.ndim != 2 or (rows and X.shape[1] != n_voxels):
+        raise ShapeMismatchError("X (training betas)", f"(n_trials, {n_voxels})", X.shape)
     M = synthetic_patterns(rows, restrict=restrict) > 0
     Q = np.zeros(M.shape, dtype=np.float32)
     R = np.zeros((X.shape[0], len(M)))

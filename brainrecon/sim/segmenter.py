@@ -21,7 +21,6 @@ connections, and a 1x1 head with ``n_categories + 1`` logits (class 0: backgroun
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from brainrecon.errors import ConfigError, DataFormatError, MissingWeightsError, ShapeMismatchError
+from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
 
 #: Input side of the segmenter; images of any other size are area-resampled to it.
 SEGMENTER_SIZE = 64
@@ -196,20 +195,9 @@ def train_segmenter(
 
 def save_segmenter(model, path: str | os.PathLike) -> Path:  # noqa: ANN001
     """Write weights (``.safetensors``) and config (``.json`` beside them), atomically."""
-    from safetensors.torch import save_file
+    from brainrecon.latents.state_dict import save_safetensors_with_config
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ConfigError(f"save_segmenter writes .safetensors, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.chmod(0o644)
-    cfg_tmp = path.with_suffix(".json.partial")
-    cfg_tmp.write_text(json.dumps({**asdict(model.cfg), "categories": list(model.cfg.categories)}, indent=2) + "\n")
-    os.replace(tmp, path)
-    os.replace(cfg_tmp, path.with_suffix(".json"))
-    return path
+    return save_safetensors_with_config(model, path, {**asdict(model.cfg), "categories": list(model.cfg.categories)})
 
 
 def load_segmenter(path: str | os.PathLike = "bundled:scene_segmenter.safetensors", device: str = "cpu"):  # noqa: ANN201
@@ -222,28 +210,11 @@ def load_segmenter(path: str | os.PathLike = "bundled:scene_segmenter.safetensor
     DataFormatError
         Unreadable config, or tensors that do not match it.
     """
-    from safetensors.torch import load_file
+    from brainrecon.latents.state_dict import load_safetensors_with_config
 
-    from brainrecon.paths import resolve_weights_path
-
-    path = resolve_weights_path(path)
-    if not path.is_file():
-        raise MissingWeightsError(path, "scene segmenter weights", hint=_HINT)
-    cfg_path = path.with_suffix(".json")
-    if not cfg_path.is_file():
-        raise MissingWeightsError(cfg_path, "scene segmenter config (.json beside the weights)", hint=_HINT)
-    try:
-        cfg = SegmenterConfig.from_dict(json.loads(cfg_path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise DataFormatError(f"{cfg_path}: not a scene segmenter config ({exc})") from exc
-    model = build_segmenter(cfg)
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except (RuntimeError, OSError) as exc:  # missing/unexpected keys, shape mismatches, a corrupt file
-        raise DataFormatError(f"{path}: does not hold a scene segmenter of config {asdict(cfg)} ({exc})") from exc
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device).eval()
+    return load_safetensors_with_config(path, "scene segmenter",
+                                        lambda cfg: build_segmenter(SegmenterConfig.from_dict(cfg)),
+                                        hint=_HINT, device=device)
 
 
 class SegmenterSemantics:
