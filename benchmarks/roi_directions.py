@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     extract = store.open(args.scope, "extract", inputs[f"extract/{args.space}"]["key"])
     fit = store.open(args.scope, "fit", inputs[f"fit/{args.space}"]["key"])
     truth = load_truth(Path(data.json("info")["sim_root"]))
-    tr_ids, te_ids = np.asarray(data.array("train_ids")), np.asarray(data.array("test_ids"))
+    tr_ids = np.asarray(data.array("train_ids"))
     estimator = SemanticEstimator([ClipEmbeddingFeatures("bundled:clip_small")], KernelRidgeReadout(kernel="rbf"),
                                   categories=truth.categories).fit(np.asarray(data.array("stimuli_train")),
                                                                    truth.semantics[tr_ids])

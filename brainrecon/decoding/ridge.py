@@ -767,7 +767,7 @@ class RidgeDecoder:
         """
         self._check_fitted()
         ops = self._ops
-        n, t = self.n_samples_fit_, self.n_targets_
+        t = self.n_targets_
         mean = np.empty(t)
         var = np.empty(t)
         for sl in self._progress(_chunks(t, self.chunk_size), "ridge train predictions"):

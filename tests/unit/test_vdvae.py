@@ -369,7 +369,6 @@ def test_mixture_probabilities_sum_to_one_over_all_colours():
 
 
 def test_single_logistic_bin_probability_by_hand():
-    n_mix = 1
     out = torch.zeros(1, 10, 1, 1, dtype=torch.float64)
     mu, log_s = [0.1, -0.2, 0.3], [-2.0, -2.5, -3.0]
     for c in range(3):
