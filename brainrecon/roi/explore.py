@@ -515,13 +515,13 @@ def explore_rois(
     specs, masks = resolve_rois(entries, labels, voxel_ijk=voxel_ijk, volume_shape=shape,
                                 affine=_nsd_affine(info), restrict=restrict)
     names = [s.name for s in specs]
+    # the group each ROI is set against its peers in (None: no peers, the plain pattern)
+    peers_of = [s.group if s.group in peer_groups else None for s in specs]
     if pattern == "mask":
-        Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast,
-                               groups=[s.group if s.group in peer_groups else None for s in specs])
+        Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast, groups=peers_of)
     else:
         Q = conditional_patterns(masks, np.asarray(data.array("X_train")), value=value, restrict=restrict,
-                                 groups=None if pattern == "conditional" else
-                                 [s.group if s.group in peer_groups else None for s in specs])
+                                 groups=peers_of if pattern == "partial" else None)
 
     # ---- latents
     decoders: dict[str, RidgeDecoder] = {}
