@@ -23,7 +23,9 @@ stage for each configuration (about 30 s each on 2 CPU cores).
 
 Usage::
 
-    python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data] [--configs reference seeds4to7 vdvae_train_norm]
+    python benchmarks/roi_closed_loop.py [--artifacts artifacts] [--data data]   # mask and partial, 8 draws each
+    python benchmarks/roi_closed_loop.py --configs seed1_segmenter partial_seed1_segmenter   # another simulated experiment
+    python benchmarks/roi_closed_loop.py --configs reference seeds4to7 vdvae_train_norm   # the CLIP readout (session 5)
     python benchmarks/roi_closed_loop.py --configs gans_sim          # IC-GAN and BigBiGAN
     python benchmarks/roi_closed_loop.py --configs contrast0.5 contrast1 gans_sim_contrast0.25 \
         gans_sim_contrast0.5 gans_sim_contrast0.75 gans_sim_contrast1   # the category contrast (roi.contrast)
@@ -82,8 +84,13 @@ CONFIGS: dict[str, list[str]] = {
     "gans_sim_partial_segmenter": ["experiment=gans_sim", "roi.pattern=partial", "roi.semantic_estimator=segmenter"],
     "gans_sim_partial_seed1_segmenter": ["experiment=gans_sim", "seed=1", "roi.pattern=partial",
                                          "roi.semantic_estimator=segmenter"],
+    # session 7 (solid bodies, models retrained on them): other draws and another simulated experiment, segmenter
+    "seeds4to7_segmenter": ["roi.decode_seed=4", "roi.semantic_estimator=segmenter"],
+    "partial_seeds4to7_segmenter": ["roi.pattern=partial", "roi.decode_seed=4", "roi.semantic_estimator=segmenter"],
+    "seed1_segmenter": ["seed=1", "roi.semantic_estimator=segmenter"],
+    "partial_seed1_segmenter": ["seed=1", "roi.pattern=partial", "roi.semantic_estimator=segmenter"],
 }
-DEFAULT_CONFIGS = ["segmenter", "partial_segmenter", "reference", "seeds4to7", "vdvae_train_norm"]
+DEFAULT_CONFIGS = ["segmenter", "partial_segmenter", "seeds4to7_segmenter", "partial_seeds4to7_segmenter"]
 
 
 def run_config(overrides: list[str], artifacts: Path, data: Path):

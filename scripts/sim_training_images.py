@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--body-shape", default="solid", help="how bodies are drawn (brainrecon.sim.stimuli.BODY_SHAPES); "
+                    "the bundled IC-GAN and BigBiGAN were trained on 'stick'")
     args = ap.parse_args(argv)
-    stim = procedural_stimuli(args.n, args.size, np.random.default_rng(args.seed), progress=True)
+    stim = procedural_stimuli(args.n, args.size, np.random.default_rng(args.seed), progress=True, body_shape=args.body_shape)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, stim.images, allow_pickle=False)
     np.save(args.out.with_name(args.out.stem + "_captions.npy"), stim.captions, allow_pickle=False)

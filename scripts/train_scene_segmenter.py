@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=20261122, help="scene seed (held-out scenes: seed + 1)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--body-shapes", default="solid,stick",
+                    help="comma-separated body shapes of the scenes, in turn (brainrecon.sim.stimuli.BODY_SHAPES)")
     args = ap.parse_args(argv)
 
     import torch
@@ -60,25 +62,29 @@ def main(argv: list[str] | None = None) -> None:
     from brainrecon.sim.stimuli import CATEGORIES
 
     torch.set_num_threads(args.threads)
+    shapes = tuple(args.body_shapes.split(","))
     t0 = time.perf_counter()
-    images, targets, _ = segmentation_set(args.scenes, args.seed, args.size, progress=True)
+    images, targets, _ = segmentation_set(args.scenes, args.seed, args.size, progress=True, body_shapes=shapes)
     model, trace = train_segmenter(images, targets, SegmenterConfig(args.width, tuple(CATEGORIES)),
                                    steps=args.steps, batch=args.batch, lr=args.lr, seed=0, progress=True)
     wall = time.perf_counter() - t0
     out = save_segmenter(model, args.out)
-    held_images, _, held_semantics = segmentation_set(args.heldout, args.seed + 1, args.size)
-    est = SegmenterSemantics(str(out), categories=CATEGORIES)(held_images)
-    r, r2 = column_scores(est.astype(np.float64), held_semantics.astype(np.float64))
+    reader = SegmenterSemantics(str(out), categories=CATEGORIES)
+    heldout_r = {}
+    for shape in shapes:  # each body shape on its own, so that neither hides a failure of the other
+        held_images, _, held_semantics = segmentation_set(args.heldout, args.seed + 1, args.size, body_shapes=(shape,))
+        r, r2 = column_scores(reader(held_images).astype(np.float64), held_semantics.astype(np.float64))
+        heldout_r[shape] = {"r": [round(float(v), 4) for v in r], "r2": [round(float(v), 4) for v in r2]}
     prov = training_provenance(
         "scripts/train_scene_segmenter.py", vars(args), model, out, trace, wall,
         training_data={"generator": "brainrecon.sim.stimuli.procedural_scene", "scenes": args.scenes,
-                       "seed": args.seed, "size": args.size},
-        heldout={"scenes": args.heldout, "seed": args.seed + 1, "categories": list(CATEGORIES),
-                 "r": [round(float(v), 4) for v in r], "r2": [round(float(v), 4) for v in r2]},
+                       "seed": args.seed, "size": args.size, "body_shapes": list(shapes)},
+        heldout={"scenes": args.heldout, "seed": args.seed + 1, "categories": list(CATEGORIES), "by_body_shape": heldout_r},
     )
     write_training_provenance(out, prov)
     print(f"wrote {out} ({prov['weights_bytes'] / 1e6:.2f} MB, {prov['n_parameters']} parameters) in {wall:.1f} s; "
-          "held-out r: " + ", ".join(f"{c} {v:.3f}" for c, v in zip(CATEGORIES, r)))
+          "held-out r: " + "; ".join(f"{shape} bodies: " + ", ".join(f"{c} {v:.3f}" for c, v in zip(CATEGORIES, h["r"]))
+                                     for shape, h in heldout_r.items()))
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # VAE
     p.add_argument("--vae-channels", default="32,64,64", help="AutoencoderKL block_out_channels")
     p.add_argument("--vae-iters", type=int, default=None, help="VAE steps (default: until --vae-minutes)")
-    p.add_argument("--vae-minutes", type=float, default=7.0)
+    p.add_argument("--vae-minutes", type=float, default=None,
+                   help="wall-time budget of the VAE (default: none with --vae-iters, else 7)")
     p.add_argument("--vae-batch-size", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-6,
@@ -99,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # diffusion
     p.add_argument("--unet-channels", default="32,64,64", help="UNet block_out_channels (both UNets)")
     p.add_argument("--unet-iters", type=int, default=None, help="diffusion steps (default: until --unet-minutes)")
-    p.add_argument("--unet-minutes", type=float, default=25.0)
+    p.add_argument("--unet-minutes", type=float, default=None,
+                   help="wall-time budget of the diffusion training (default: none with --unet-iters, else 25)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-iters", type=int, default=200)
@@ -243,6 +245,14 @@ def steps(n: int | None) -> Any:
     return range(n) if n is not None else itertools.count()
 
 
+def budget_minutes(iters: int | None, minutes: float | None, default: float) -> float:
+    """Wall-time budget of a training phase: as given; unbounded when only a step count is given (so that a
+    step count repeats a run on any machine; a default budget once cut such a run short); else ``default``."""
+    if minutes is not None:
+        return float(minutes)
+    return float("inf") if iters is not None else default
+
+
 def lr_factor(it: int, warmup: int, total: int | None, decay: str) -> float:
     """Learning-rate multiplier at step ``it``: linear warm-up, then constant or a cosine to 0 at ``total``."""
     warm = min(1.0, (it + 1) / max(1, warmup))
@@ -273,7 +283,7 @@ def train_vae(args: argparse.Namespace, px_train: Any, rng: np.random.Generator)
     n_pix = 3 * args.image_size**2
     trace, window = [], []
     t_start = time.perf_counter()
-    deadline = t_start + 60.0 * args.vae_minutes
+    deadline = t_start + 60.0 * budget_minutes(args.vae_iters, args.vae_minutes, 7.0)
     it = 0
     bar = tqdm(steps(args.vae_iters), total=args.vae_iters, desc="train vae", mininterval=5.0)
     for it in bar:
@@ -351,7 +361,7 @@ def train_unet(args: argparse.Namespace, dual: Any, lat: tuple[Any, Any], feats:
     gen = torch.Generator().manual_seed(args.seed + 1)
     trace, window = [], []
     t_start = time.perf_counter()
-    deadline = t_start + 60.0 * args.unet_minutes
+    deadline = t_start + 60.0 * budget_minutes(args.unet_iters, args.unet_minutes, 25.0)
     it = 0
     bar = tqdm(steps(args.unet_iters), total=args.unet_iters, desc="train dual-guided unet", mininterval=5.0)
     for it in bar:

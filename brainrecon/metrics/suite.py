@@ -142,7 +142,8 @@ FEATURE_METRICS: tuple[FeatureMetric, ...] = (
                   "EfficientNet-Lite0 avgpool (1280), extra metric, not in the published suite"),
     FeatureMetric("CLIP-small 2-way", "clip_small", "image_embeds", "two_way",
                   "image embedding of the small CLIP the project trained on simulated scenes "
-                  "(scripts/train_clip_small.py); extra metric, meaningful for simulated scenes only"),
+                  "(scripts/train_clip_small.py; bundled:clip_small, one fixed yardstick for every simulated "
+                  "experiment); extra metric, meaningful for simulated scenes only"),
 )
 LOWLEVEL_METRICS: dict[str, tuple[bool, str]] = {
     "PixCorr": (True, "Pearson r of flattened RGB pixels"),

@@ -131,8 +131,13 @@ def label_fractions(labels: np.ndarray, n_categories: int, out: int = SEGMENTER_
     return onehot.reshape(out, h // out, out, w // out, -1).mean((1, 3)).transpose(2, 0, 1)
 
 
-def segmentation_set(n: int, seed: int, size: int = 128, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segmentation_set(
+    n: int, seed: int, size: int = 128, progress: bool = False, body_shapes: tuple[str, ...] = ("solid", "stick")
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` fresh procedural scenes: images ``(n, size, size, 3)`` uint8, soft label maps and true areas.
+
+    Scene ``i`` draws its bodies as ``body_shapes[i % len(body_shapes)]``: by default both shapes of
+    :data:`brainrecon.sim.stimuli.BODY_SHAPES`, so that one segmenter reads every experiment's scenes.
 
     Returns ``(images, targets (n, n_categories + 1, 64, 64) float32, semantics (n, n_categories) float32)``.
     """
@@ -145,7 +150,8 @@ def segmentation_set(n: int, seed: int, size: int = 128, progress: bool = False)
     targets = np.empty((n, len(CATEGORIES) + 1, SEGMENTER_SIZE, SEGMENTER_SIZE), np.float32)
     semantics = np.empty((n, len(CATEGORIES)), np.float32)
     for i in tqdm(range(n), desc="segmenter scenes", disable=not progress):
-        images[i], semantics[i], _, labels = procedural_scene(rng, size, return_labels=True)
+        shape = body_shapes[i % len(body_shapes)]
+        images[i], semantics[i], _, labels = procedural_scene(rng, size, return_labels=True, body_shape=shape)
         targets[i] = label_fractions(labels, len(CATEGORIES))
     return images, targets, semantics
 

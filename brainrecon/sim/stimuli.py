@@ -35,6 +35,11 @@ FLOC_CATEGORY: dict[str, str] = {
 
 N_CAPTIONS = 5
 
+#: How bodies are drawn: ``"solid"`` (the default since scene generator 2) or ``"stick"`` (the first
+#: generator's thin stick figure, which the bundled IC-GAN and BigBiGAN were trained on). Only the
+#: body's pixels differ: both shapes draw the same random numbers, so a seed gives the same scenes.
+BODY_SHAPES: tuple[str, ...] = ("solid", "stick")
+
 # Named colours (RGB in [0, 1]); objects only use these so that captions can name them.
 _COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.10),
@@ -162,11 +167,12 @@ def _paint(canvas, labels, mask, colour, label):
         labels[mask] = label
 
 
-def _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, colour, rng, text):
+def _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, colour, rng, text, body_shape="solid"):
     """Draw one object of category ``CATEGORIES[cat_idx]`` centred at (cx, cy), side s.
 
     Returns the mask counted as the object's area (its silhouette; for words the cells of
-    the letters, so that thin strokes still count as a word-sized region).
+    the letters, so that thin strokes still count as a word-sized region). ``body_shape`` is one
+    of :data:`BODY_SHAPES`.
     """
     cat = CATEGORIES[cat_idx]
     dark = np.array(_COLOURS["black"])
@@ -183,16 +189,24 @@ def _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, colour, rng, text):
     if cat == "body":
         col = np.array(colour)
         skin = np.array(_SKIN[rng.integers(len(_SKIN))])
-        hw = 0.045 * s
+        if body_shape == "stick":
+            # the first scene generator's figure: limbs 1-3.5 px wide at 64 px, too thin for the
+            # small generators to draw (docs/roi.md); kept for the models trained on it
+            hw, torso_w, torso_top, torso_bottom, shoulder, hand, hip, leg_w = 0.045, 0.14, -0.25, 0.12, -0.22, 0.30, 0.08, 1.2
+            head = _ellipse(x, y, cx, cy - 0.36 * s, 0.10 * s, 0.12 * s)
+        else:
+            # "solid": the same pose with a torso 0.40 s wide and limbs twice as thick, so that a body
+            # covers about as much of its box as a face does of its own and survives 64 px generators
+            hw, torso_w, torso_top, torso_bottom, shoulder, hand, hip, leg_w = 0.085, 0.20, -0.26, 0.14, -0.20, 0.38, 0.11, 1.15
+            head = _ellipse(x, y, cx, cy - 0.37 * s, 0.13 * s, 0.13 * s)
         parts = [
-            _rect(x, y, cx - 0.14 * s, cy - 0.25 * s, cx + 0.14 * s, cy + 0.12 * s),  # torso
-            _segment(x, y, cx - 0.14 * s, cy - 0.22 * s, cx - 0.30 * s, cy + 0.08 * s, hw),  # arms
-            _segment(x, y, cx + 0.14 * s, cy - 0.22 * s, cx + 0.30 * s, cy + 0.08 * s, hw),
-            _segment(x, y, cx - 0.08 * s, cy + 0.12 * s, cx - 0.12 * s, cy + 0.48 * s, hw * 1.2),  # legs
-            _segment(x, y, cx + 0.08 * s, cy + 0.12 * s, cx + 0.12 * s, cy + 0.48 * s, hw * 1.2),
+            _rect(x, y, cx - torso_w * s, cy + torso_top * s, cx + torso_w * s, cy + torso_bottom * s),  # torso
+            _segment(x, y, cx - torso_w * s, cy + shoulder * s, cx - hand * s, cy + 0.08 * s, hw * s),  # arms
+            _segment(x, y, cx + torso_w * s, cy + shoulder * s, cx + hand * s, cy + 0.08 * s, hw * s),
+            _segment(x, y, cx - hip * s, cy + torso_bottom * s, cx - (hip + 0.04) * s, cy + 0.48 * s, hw * leg_w * s),  # legs
+            _segment(x, y, cx + hip * s, cy + torso_bottom * s, cx + (hip + 0.04) * s, cy + 0.48 * s, hw * leg_w * s),
         ]
         body = np.logical_or.reduce(parts)
-        head = _ellipse(x, y, cx, cy - 0.36 * s, 0.10 * s, 0.12 * s)
         _paint(canvas, labels, body, col, cat_idx)
         _paint(canvas, labels, head, skin, cat_idx)
         return body | head
@@ -319,7 +333,7 @@ def captions_for_scene(objects: list[dict], rng: np.random.Generator) -> list[st
 
 # --------------------------------------------------------------------------- generators
 def procedural_scene(
-    rng: np.random.Generator, size: int, *, return_labels: bool = False
+    rng: np.random.Generator, size: int, *, return_labels: bool = False, body_shape: str = "solid"
 ) -> tuple[np.ndarray, np.ndarray, list[dict]] | tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
     """Draw one scene.
 
@@ -330,7 +344,10 @@ def procedural_scene(
     objects : list of JSON-serialisable object descriptions
     labels : (size, size) int16, only with ``return_labels``
         Category index of each pixel (-1: background); ``semantics[c]`` is ``mean(labels == c)``.
+
+    ``body_shape`` is one of :data:`BODY_SHAPES`.
     """
+    _check_body_shape(body_shape)
     canvas = pink_noise_background(rng, size)
     labels = np.full((size, size), -1, dtype=np.int16)
     x, y = _grid(size)
@@ -345,7 +362,7 @@ def procedural_scene(
         cy = float(rng.uniform(0.15 + 0.3 * s, 0.85 - 0.3 * s))
         cname = colour_names[int(rng.integers(len(colour_names)))]
         text = "".join(rng.choice(_LETTERS, size=int(rng.integers(3, 6))))
-        mask = _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, _COLOURS[cname], rng, text)
+        mask = _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, _COLOURS[cname], rng, text, body_shape)
         obj = {"category": CATEGORIES[cat_idx], "colour": cname, "cx": cx, "cy": cy, "size": s}
         if CATEGORIES[cat_idx] == "word":
             obj["text"] = text
@@ -365,8 +382,16 @@ def procedural_scene(
     return image, semantics, objects
 
 
-def procedural_stimuli(n: int, size: int, rng: np.random.Generator, progress: bool = False) -> StimulusSet:
+def _check_body_shape(body_shape: str) -> None:
+    if body_shape not in BODY_SHAPES:
+        raise ConfigError(f"body_shape: expected one of {list(BODY_SHAPES)}, got {body_shape!r}")
+
+
+def procedural_stimuli(
+    n: int, size: int, rng: np.random.Generator, progress: bool = False, body_shape: str = "solid"
+) -> StimulusSet:
     """``n`` procedural scenes of ``size`` x ``size`` pixels with captions and semantics."""
+    _check_body_shape(body_shape)
     if n < 1 or size < 16:
         raise ConfigError(f"procedural_stimuli: need n >= 1 and size >= 16, got n={n}, size={size}")
     from tqdm.auto import tqdm
@@ -376,7 +401,7 @@ def procedural_stimuli(n: int, size: int, rng: np.random.Generator, progress: bo
     captions: list[list[str]] = []
     descriptions: list[dict] = []
     for i in tqdm(range(n), desc="sim: scenes", disable=not progress):
-        img, sem, objs = procedural_scene(rng, size)
+        img, sem, objs = procedural_scene(rng, size, body_shape=body_shape)
         images[i] = img
         semantics[i] = sem
         captions.append(captions_for_scene(objs, rng))
@@ -435,10 +460,12 @@ def photo_stimuli(folder: str | Path, n: int, size: int, rng: np.random.Generato
     return StimulusSet(images, np.array(captions, dtype=str), semantics, descriptions)
 
 
-def make_stimuli(source: str, n: int, size: int, rng: np.random.Generator, progress: bool = False) -> StimulusSet:
-    """Dispatch on ``source``: ``"procedural"`` or a folder of photographs."""
+def make_stimuli(
+    source: str, n: int, size: int, rng: np.random.Generator, progress: bool = False, body_shape: str = "solid"
+) -> StimulusSet:
+    """Dispatch on ``source``: ``"procedural"`` (bodies drawn as ``body_shape``) or a folder of photographs."""
     if source == "procedural":
-        return procedural_stimuli(n, size, rng, progress)
+        return procedural_stimuli(n, size, rng, progress, body_shape)
     return photo_stimuli(source, n, size, rng, progress)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from brainrecon.errors import ConfigError, DataFormatError, MissingDataError
 from brainrecon.sim import layout as L
+from brainrecon.sim.stimuli import BODY_SHAPES
 
 TRUTH_FORMAT_VERSION = 2  # 2: features gained the luminance/colour block
 
@@ -27,6 +28,9 @@ class SimConfig:
     trials_per_session : trials per beta file (the last session may be shorter)
     subject : NSD subject number (1-8) whose files are written
     stimulus_source : ``"procedural"`` or a folder of photographs (``.jpg``/``.png``)
+    body_shape : how procedural scenes draw bodies, one of
+        :data:`brainrecon.sim.stimuli.BODY_SHAPES` (``"solid"``; ``"stick"`` for the bundled GANs,
+        which were trained on stick figures)
     median_noise_ceiling : target median over nsdgeneral of the true noise ceiling of
         3-trial averages, percent (NSD-like: 20-40)
     snr_spread : s.d. of log per-voxel SNR
@@ -44,6 +48,7 @@ class SimConfig:
     trials_per_session: int = 750
     subject: int = 1
     stimulus_source: str = "procedural"
+    body_shape: str = "solid"
     median_noise_ceiling: float = 30.0
     snr_spread: float = 0.5
     noise_sd: float = 3.0
@@ -72,6 +77,7 @@ class SimConfig:
             ("noise_sd", self.noise_sd > 0.0, "> 0"),
             ("session_offset_sd", self.session_offset_sd >= 0.0, ">= 0"),
             ("drift_sd", self.drift_sd >= 0.0, ">= 0"),
+            ("body_shape", self.body_shape in BODY_SHAPES, f"one of {list(BODY_SHAPES)}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -94,7 +100,8 @@ class SimConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"SimConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
+        # simulations written before the field existed drew stick-figure bodies
+        return cls(**{"body_shape": "stick", **d})
 
 
 @dataclass

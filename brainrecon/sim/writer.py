@@ -111,7 +111,7 @@ def _generate(root: Path, config: SimConfig, progress: bool) -> SimTruth:
     steps = tqdm(total=7, desc="sim: NSD", disable=not progress)
 
     # 1. stimuli: imgBrick order = generation order (0-based 73k id = row)
-    stim = make_stimuli(config.stimulus_source, config.n_images, config.image_size, rng_stim, progress)
+    stim = make_stimuli(config.stimulus_source, config.n_images, config.image_size, rng_stim, progress, config.body_shape)
     steps.update()
 
     # 2. voxels and the encoding model

@@ -29,7 +29,7 @@ ROI_DEFAULTS: dict[str, Any] = {
     "contrast": 0.0,
     "peer_groups": ["category"],
     "models": "auto",
-    "clip_weights": "bundled:clip_small",
+    "clip_weights": "auto",
     "readout_kernel": "rbf",
     "semantic_estimator": "segmenter",
     "segmenter_weights": "bundled:scene_segmenter.safetensors",
@@ -131,6 +131,23 @@ class RoiStage(Stage):
         return exploration.summary()
 
 
+#: The CLIP of ``clip_weights: auto`` when no latent space of the run holds one.
+FALLBACK_CLIP = "bundled:clip_small"
+
+
+def run_clip_weights(spaces: Mapping[str, Any]) -> str:
+    """The CLIP whose embeddings the run's latents hold: the first space's ``clip_weights``, else :data:`FALLBACK_CLIP`.
+
+    Versatile Diffusion's CLIP-vision tokens and IC-GAN's CLIP instance features are embeddings of
+    one particular CLIP; reading ROI latents before generation needs a readout on the same one.
+    """
+    for sp in spaces.values():
+        found = getattr(sp, "clip_weights", None)
+        if found:
+            return str(found)
+    return FALLBACK_CLIP
+
+
 def build_roi_stage(
     cfg_roi: Mapping[str, Any],
     stages: Mapping[str, Stage],
@@ -147,6 +164,8 @@ def build_roi_stage(
     if unknown:
         raise ConfigError(f"roi: unknown parameter(s) {unknown}; expected names from {sorted(ROI_DEFAULTS)}")
     params["rois"] = roi_entries(params["rois"])
+    if params["clip_weights"] == "auto":
+        params["clip_weights"] = run_clip_weights(spaces)
     params.update({"seed": int(seed), "chains": dict(chains)})
     up: dict[str, Stage] = {"data": stages["data"]}
     for name in spaces:

@@ -436,6 +436,23 @@ def test_roi_stage_is_registered_and_hashes_mask_content(tmp_path):
     assert isinstance(RoiSpec("x", "f"), RoiSpec)
 
 
+def test_clip_weights_auto_is_the_clip_of_the_run_latents():
+    from brainrecon.latents.pixels import PixelSpace
+    from brainrecon.stages.pipeline import build_stages
+    from brainrecon.stages.roi import FALLBACK_CLIP, run_clip_weights
+
+    class ClipSpace(PixelSpace):
+        clip_weights = "bundled:some_clip"
+
+    assert run_clip_weights({"pixels": PixelSpace(8, 4)}) == FALLBACK_CLIP
+    assert run_clip_weights({"pixels": PixelSpace(8, 4), "vd": ClipSpace(8, 4)}) == "bundled:some_clip"
+    cfg = {"name": "toy", "subject": 1, "data": {"source": "toy"}, "latents": {"pixels": {}}, "roi": {}}
+    stage = build_stages(cfg, {"pixels": ClipSpace(8, 4)})["roi"]
+    assert stage.params["clip_weights"] == "bundled:some_clip"  # resolved before hashing: the key names the CLIP
+    given = build_stages({**cfg, "roi": {"clip_weights": "bundled:other"}}, {"pixels": ClipSpace(8, 4)})["roi"]
+    assert given.params["clip_weights"] == "bundled:other" and given.key() != stage.key()
+
+
 def test_latent_semantics_reads_the_roi_latent_before_generation():
     """The estimator reads token 0 of a CLIP-vision ROI latent only when the space's CLIP is the estimator's."""
     from types import SimpleNamespace

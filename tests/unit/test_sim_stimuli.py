@@ -158,3 +158,56 @@ def test_real_imagenet_samples():
     assert s.images.shape == (3, 32, 32, 3)
     assert s.images.std() > 10  # real photographs, not blank
     assert all(len(d["class_name"]) > 0 for d in s.descriptions)
+
+
+def test_body_shapes_differ_only_in_the_bodies():
+    # both shapes draw the same random numbers: a seed gives the same scenes except the bodies' pixels
+    solid = procedural_stimuli(60, 64, np.random.default_rng(11), body_shape="solid")
+    stick = procedural_stimuli(60, 64, np.random.default_rng(11), body_shape="stick")
+    np.testing.assert_array_equal(solid.captions, stick.captions)
+    has_body = solid.semantics[:, CATEGORIES.index("body")] > 0
+    assert 5 <= has_body.sum() < 60
+    np.testing.assert_array_equal(solid.images[~has_body], stick.images[~has_body])
+    assert all(not np.array_equal(a, b) for a, b in zip(solid.images[has_body], stick.images[has_body]))
+    others = [c for c in range(len(CATEGORIES)) if CATEGORIES[c] != "body"]
+    np.testing.assert_array_equal(solid.semantics[~has_body], stick.semantics[~has_body])
+    assert solid.semantics[~has_body][:, others].sum() > 0
+
+
+def test_solid_body_covers_its_box_like_a_face():
+    # one centred object of side s = 0.5 on a 256 px canvas; areas as fractions of the s x s box
+    size, s = 256, 0.5
+    x, y = _grid(size)
+    areas = {}
+    for cat, shape in (("face", "solid"), ("body", "solid"), ("body", "stick")):
+        canvas = np.zeros((size, size, 3), np.float32)
+        labels = np.full((size, size), -1, np.int16)
+        mask = _draw_object(canvas, labels, x, y, CATEGORIES.index(cat), 0.5, 0.5, s, (1.0, 0.0, 0.0),
+                            np.random.default_rng(0), "ABC", shape)
+        areas[cat, shape] = mask.mean() / s**2
+    # stick figure: torso 0.28 x 0.37 of the box plus limbs and head, 0.30 of it (solid 0.51, face and hair 0.62)
+    assert 0.2 < areas["body", "stick"] < 0.32
+    # solid: 1.4 to 1.9 times the stick figure, and 70 % to 100 % of a face
+    assert 1.4 < areas["body", "solid"] / areas["body", "stick"] < 1.9
+    assert 0.7 < areas["body", "solid"] / areas["face", "solid"] < 1.0
+    # the arm crosses the row through the box centre right of the torso (x > 0.2 s): a segment of half-width
+    # 0.085 s from (0.20, -0.20) s to (0.38, 0.08) s meets a row over 2 * 0.085 * |d| / d_y = 0.202 s
+    canvas = np.zeros((size, size, 3), np.float32)
+    labels = np.full((size, size), -1, np.int16)
+    _draw_object(canvas, labels, x, y, CATEGORIES.index("body"), 0.5, 0.5, s, (1.0, 0.0, 0.0),
+                 np.random.default_rng(0), "ABC", "solid")
+    row = labels[size // 2, int((0.5 + 0.2 * s) * size) + 1:]
+    expected = 2 * 0.085 * np.hypot(0.18, 0.28) / 0.28 * s * size
+    assert abs((row == CATEGORIES.index("body")).sum() - expected) <= 2
+
+
+def test_body_shape_is_validated():
+    with pytest.raises(ConfigError, match="body_shape"):
+        procedural_stimuli(2, 32, np.random.default_rng(0), body_shape="thin")
+    with pytest.raises(ConfigError, match="SimConfig.body_shape"):
+        SimConfig(body_shape="thin").validate()
+    # a simulation written before the field existed drew stick figures
+    legacy = SimConfig().to_json()
+    del legacy["body_shape"]
+    assert SimConfig.from_json(legacy).body_shape == "stick"
+    assert SimConfig.from_json(SimConfig().to_json()).body_shape == "solid"

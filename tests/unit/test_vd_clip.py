@@ -380,23 +380,26 @@ def test_full_size_token_counts():
 
 
 # ---------------------------------------------------------------- the trained small CLIP
-SMALL = bundled_weights_dir() / "clip_small"
+# clip_small was trained on scenes with stick-figure bodies, clip_small_solid on solid bodies (scripts/README.md)
+SMALL = {"clip_small": "stick", "clip_small_solid": "solid"}
 
 
-@pytest.mark.skipif(not (SMALL / "image_encoder" / "model.safetensors").is_file(),
-                    reason=f"trained weights absent: {SMALL} (scripts/train_clip_small.py)")
-def test_trained_small_clip_identifies_held_out_scenes():
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_trained_small_clip_identifies_held_out_scenes(name):
     """Fresh scenes (seed 4242: neither the training scenes' 1000 nor the experiments' 0)."""
     from brainrecon.sim.stimuli import procedural_stimuli
 
-    enc = load_clip("bundled:clip_small")
-    stim = procedural_stimuli(120, 128, np.random.default_rng(4242))
+    folder = bundled_weights_dir() / name
+    if not (folder / "image_encoder" / "model.safetensors").is_file():
+        pytest.skip(f"trained weights absent: {folder} (scripts/train_clip_small.py)")
+    enc = load_clip(f"bundled:{name}")
+    stim = procedural_stimuli(120, 128, np.random.default_rng(4242), body_shape=SMALL[name])
     img = enc.embed_images(stim.images)
     caps = np.asarray(stim.captions)
     txt = enc.embed_texts(list(caps.ravel())).reshape(len(caps), caps.shape[1], -1).mean(1)
     sim = img @ (txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
     two_way = (sim.diagonal()[:, None] > sim)[~np.eye(len(sim), dtype=bool)].mean()
-    print(f"held-out 2-way identification image vs captions: {two_way:.3f}")
+    print(f"{name}: held-out 2-way identification image vs captions: {two_way:.3f}")
     assert two_way > 0.9
     v, t = enc.encode_images(stim.images[:2]), enc.encode_captions(stim.captions[:2])
     assert v.shape == (2, enc.vision_tokens, enc.dim) and t.shape == (2, enc.text_tokens, enc.dim)

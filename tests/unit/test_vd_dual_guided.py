@@ -407,6 +407,9 @@ def test_training_script_writes_the_published_layout(tmp_path):
     spec = importlib.util.spec_from_file_location("train_vd_small", root / "scripts" / "train_vd_small.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    # a step count alone is not cut short by a default wall-time budget (it once was: session 7's vd_small)
+    assert script.budget_minutes(3995, None, 25.0) == float("inf")
+    assert script.budget_minutes(3995, 30.0, 25.0) == 30.0 and script.budget_minutes(None, None, 25.0) == 25.0
     rng = np.random.default_rng(0)
     np.save(tmp_path / "scenes.npy", rng.integers(0, 256, (10, 24, 24, 3), dtype=np.uint8))
     np.save(tmp_path / "scenes_captions.npy", np.array([[f"scene {i}", f"picture {i}"] for i in range(10)]))

@@ -262,6 +262,9 @@ class ICGANSpace:
         }
         self.targets = {k: specs[k] for k in TARGETS if k in targets}
         self.weights_digest: dict[str, str] | None = None
+        #: The CLIP folder of a CLIP instance encoder as configured (e.g. ``"bundled:clip_small"``), else None;
+        #: the roi stage's ``clip_weights: auto`` reads ROI latents with it.
+        self.clip_weights: str | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         """Identity of the loaded weights (content digests, not paths) for stage cache keys."""
@@ -542,6 +545,8 @@ def build_icgan_space(
     inv = dict(inversion) if isinstance(inversion, Mapping) else inversion
     space = ICGANSpace(gen, enc, device=dev, inversion=inv, targets=list(targets), **kwargs)
     space.weights_digest = {"generator": file_fingerprint(gpath), "encoder": path_fingerprint(epath)}
+    if instance_encoder == "clip":
+        space.clip_weights = os.fspath(encoder_path)
     return space
 
 

@@ -88,6 +88,9 @@ class VersatileSpace:
             )
         self.weights = resolve_weights_path(weights_path)
         self.clip_dir = resolve_weights_path(clip_path) if clip_path is not None else self.weights
+        #: The CLIP folder as configured (portable, e.g. ``"bundled:clip_small_solid"``); the roi stage's
+        #: ``clip_weights: auto`` reads ROI latents with it.
+        self.clip_weights = str(clip_path if clip_path is not None else weights_path)
         if not self.weights.is_dir():
             raise MissingWeightsError(
                 self.weights, "Versatile Diffusion (diffusers layout: image_unet/, text_unet/, vae/, scheduler/)",
