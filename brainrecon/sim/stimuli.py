@@ -35,8 +35,8 @@ FLOC_CATEGORY: dict[str, str] = {
 
 N_CAPTIONS = 5
 
-#: How bodies are drawn: ``"solid"`` (the default since scene generator 2) or ``"stick"`` (the first
-#: generator's thin stick figure, which the bundled IC-GAN and BigBiGAN were trained on). Only the
+#: How bodies are drawn: ``"solid"`` (the default since session 7) or ``"stick"`` (the earlier scenes'
+#: thin stick figure, which the bundled IC-GAN and BigBiGAN were trained on). Only the
 #: body's pixels differ: both shapes draw the same random numbers, so a seed gives the same scenes.
 BODY_SHAPES: tuple[str, ...] = ("solid", "stick")
 
