@@ -19,7 +19,7 @@ scene segmenter as the truth model's semantic reader), prints, per image set (la
   and without its category, and how many of its 10 strongest stimuli contain the category.
 
 It reuses the run of ``make demo`` (same configuration, same stage keys) and runs only the roi
-stage for each configuration (about 30 s each on 2 CPU cores).
+stage for each configuration (about 1 minute each on 2 CPU cores).
 
 Usage::
 
