@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,10 +36,32 @@ FLOC_CATEGORY: dict[str, str] = {
 
 N_CAPTIONS = 5
 
+class _BodyGeometry(NamedTuple):
+    """A body's parts as fractions of the object's side ``s`` (x from the centre, y downwards)."""
+
+    limb_half_width: float
+    torso_half_width: float
+    torso_top: float
+    torso_bottom: float
+    shoulder: float  # y where the arms leave the torso
+    hand: float  # |x| of the hands (at y = 0.08)
+    hip: float  # |x| where the legs leave the torso
+    leg_width_factor: float  # legs are this much thicker than arms
+    head: tuple[float, float, float]  # centre y, x radius, y radius
+
+
+# "stick": the earlier scenes' figure, whose limbs are 1-3.5 px wide at 64 px, too thin for the small
+# generators to draw (docs/roi.md); kept for the models trained on it. "solid": the same pose with a torso
+# 0.40 s wide and limbs about twice as thick, so that a body covers about as much of its box as a face.
+_BODY_GEOMETRY: dict[str, _BodyGeometry] = {
+    "solid": _BodyGeometry(0.085, 0.20, -0.26, 0.14, -0.20, 0.38, 0.11, 1.15, (-0.37, 0.13, 0.13)),
+    "stick": _BodyGeometry(0.045, 0.14, -0.25, 0.12, -0.22, 0.30, 0.08, 1.2, (-0.36, 0.10, 0.12)),
+}
+
 #: How bodies are drawn: ``"solid"`` (the default since session 7) or ``"stick"`` (the earlier scenes'
 #: thin stick figure, which the bundled IC-GAN and BigBiGAN were trained on). Only the
 #: body's pixels differ: both shapes draw the same random numbers, so a seed gives the same scenes.
-BODY_SHAPES: tuple[str, ...] = ("solid", "stick")
+BODY_SHAPES: tuple[str, ...] = tuple(_BODY_GEOMETRY)
 
 # Named colours (RGB in [0, 1]); objects only use these so that captions can name them.
 _COLOURS: dict[str, tuple[float, float, float]] = {
@@ -189,23 +212,16 @@ def _draw_object(canvas, labels, x, y, cat_idx, cx, cy, s, colour, rng, text, bo
     if cat == "body":
         col = np.array(colour)
         skin = np.array(_SKIN[rng.integers(len(_SKIN))])
-        if body_shape == "stick":
-            # the first scene generator's figure: limbs 1-3.5 px wide at 64 px, too thin for the
-            # small generators to draw (docs/roi.md); kept for the models trained on it
-            hw, torso_w, torso_top, torso_bottom, shoulder, hand, hip, leg_w = 0.045, 0.14, -0.25, 0.12, -0.22, 0.30, 0.08, 1.2
-            head = _ellipse(x, y, cx, cy - 0.36 * s, 0.10 * s, 0.12 * s)
-        else:
-            # "solid": the same pose with a torso 0.40 s wide and limbs twice as thick, so that a body
-            # covers about as much of its box as a face does of its own and survives 64 px generators
-            hw, torso_w, torso_top, torso_bottom, shoulder, hand, hip, leg_w = 0.085, 0.20, -0.26, 0.14, -0.20, 0.38, 0.11, 1.15
-            head = _ellipse(x, y, cx, cy - 0.37 * s, 0.13 * s, 0.13 * s)
+        g = _BODY_GEOMETRY[body_shape]
+        hw, tw = g.limb_half_width * s, g.torso_half_width * s
         parts = [
-            _rect(x, y, cx - torso_w * s, cy + torso_top * s, cx + torso_w * s, cy + torso_bottom * s),  # torso
-            _segment(x, y, cx - torso_w * s, cy + shoulder * s, cx - hand * s, cy + 0.08 * s, hw * s),  # arms
-            _segment(x, y, cx + torso_w * s, cy + shoulder * s, cx + hand * s, cy + 0.08 * s, hw * s),
-            _segment(x, y, cx - hip * s, cy + torso_bottom * s, cx - (hip + 0.04) * s, cy + 0.48 * s, hw * leg_w * s),  # legs
-            _segment(x, y, cx + hip * s, cy + torso_bottom * s, cx + (hip + 0.04) * s, cy + 0.48 * s, hw * leg_w * s),
+            _rect(x, y, cx - tw, cy + g.torso_top * s, cx + tw, cy + g.torso_bottom * s),  # torso
+            *(_segment(x, y, cx + side * tw, cy + g.shoulder * s, cx + side * g.hand * s, cy + 0.08 * s, hw)  # arms
+              for side in (-1, 1)),
+            *(_segment(x, y, cx + side * g.hip * s, cy + g.torso_bottom * s, cx + side * (g.hip + 0.04) * s,
+                       cy + 0.48 * s, hw * g.leg_width_factor) for side in (-1, 1)),  # legs
         ]
+        head = _ellipse(x, y, cx, cy + g.head[0] * s, g.head[1] * s, g.head[2] * s)
         body = np.logical_or.reduce(parts)
         _paint(canvas, labels, body, col, cat_idx)
         _paint(canvas, labels, head, skin, cat_idx)
@@ -391,7 +407,6 @@ def procedural_stimuli(
     n: int, size: int, rng: np.random.Generator, progress: bool = False, body_shape: str = "solid"
 ) -> StimulusSet:
     """``n`` procedural scenes of ``size`` x ``size`` pixels with captions and semantics."""
-    _check_body_shape(body_shape)
     if n < 1 or size < 16:
         raise ConfigError(f"procedural_stimuli: need n >= 1 and size >= 16, got n={n}, size={size}")
     from tqdm.auto import tqdm
