@@ -11,8 +11,8 @@ scene segmenter as the truth model's semantic reader), prints, per image set (la
 * acceptance 1: every category ROI selective and at or above the 90th percentile;
 * acceptance 2: the preferred eccentricity of the eccentricity-band images (energy density
   weighted, degrees), its Spearman correlation with the band order, and whether it is strictly
-  centre to periphery; the correlation of each early visual ROI image's energy map with the
-  ROI's pRF coverage;
+  centre to periphery; how alike neighbouring bands' training responses are (r of their means);
+  the correlation of each early visual ROI image's energy map with the ROI's pRF coverage;
 * the semantic estimator's held-out accuracy and its accuracy on each generator's ceiling
   images (can the generator show the category at all?);
 * a check of the loop itself on natural test stimuli: each category ROI's drive by stimuli with
@@ -89,6 +89,9 @@ CONFIGS: dict[str, list[str]] = {
     "partial_seeds4to7_segmenter": ["roi.pattern=partial", "roi.decode_seed=4", "roi.semantic_estimator=segmenter"],
     "seed1_segmenter": ["seed=1", "roi.semantic_estimator=segmenter"],
     "partial_seed1_segmenter": ["seed=1", "roi.pattern=partial", "roi.semantic_estimator=segmenter"],
+    # session 8: the text weight of Versatile Diffusion's dual conditioning (latents.versatile.mix, default 0.4)
+    "mix0.7_segmenter": ["latents.versatile.mix=0.7", "roi.semantic_estimator=segmenter"],
+    "mix1_segmenter": ["latents.versatile.mix=1.0", "roi.semantic_estimator=segmenter"],
 }
 DEFAULT_CONFIGS = ["segmenter", "partial_segmenter", "seeds4to7_segmenter", "partial_seeds4to7_segmenter"]
 
@@ -165,6 +168,10 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             if "reference_values" in order:
                 ref = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["reference_values"]))
                 print(f"  {'':<10} the bands' effective receptive fields (deg) {ref}")
+            if "neighbour_response_r" in order:
+                nr = "  ".join(f"{a}/{b} {v:.2f}" for a, b, v in
+                               zip(order["rois"][:-1], order["rois"][1:], order["neighbour_response_r"]))
+                print(f"  {'':<10} r of neighbouring bands' mean training responses {nr}")
         if e.coverage_r is not None:
             cov = "  ".join(f"{r} {c:+.2f}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
             print(f"  {sp:<10} r(energy map, pRF coverage): {cov}")

@@ -56,6 +56,7 @@ __all__ = [
     "closed_loop",
     "response_scale",
     "roi_means",
+    "roi_response_correlation",
     "percentile_of",
     "column_scores",
 ]
@@ -414,6 +415,32 @@ def roi_means(Z: np.ndarray, masks: Mapping[str, np.ndarray]) -> np.ndarray:
             raise ShapeMismatchError(f"ROI {name!r} mask", (Z.shape[1],), m.shape)
         cols.append(Z[:, m].mean(1))
     return np.stack(cols, axis=1)
+
+
+def roi_response_correlation(X: np.ndarray, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Pearson r between ROIs' mean responses over trials: ``(n_rois, n_rois)``, in ``masks`` order.
+
+    Each voxel of ``X`` (n_trials, n_voxels) is z-scored over trials before the ROI means are taken,
+    so that every voxel weighs alike. Two ROIs whose means correlate near 1 respond to the same
+    stimuli: no decoder fitted on these data can tell what one of them prefers over the other,
+    whatever the synthetic pattern (a bound on what ROI-optimal images can separate).
+
+    Raises
+    ------
+    ShapeMismatchError
+        If ``X`` is not 2-D with at least 3 trials, or a mask does not match its voxels.
+    ConfigError
+        If a mask selects no voxel.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise ShapeMismatchError("ROI responses", "(n_trials >= 3, n_voxels)", X.shape)
+    empty = [n for n, m in masks.items() if not np.asarray(m, dtype=bool).any()]
+    if empty:
+        raise ConfigError(f"ROI response correlation: ROIs {empty} select no voxel")
+    sd = X.std(0)
+    Z = (X - X.mean(0)) / np.where(sd > 0, sd, 1.0)  # constant voxels contribute 0, not NaN
+    return np.corrcoef(roi_means(Z, masks).T)
 
 
 def percentile_of(value: float, reference: np.ndarray) -> float:

@@ -36,6 +36,7 @@ from brainrecon.roi.closed_loop import (
     closed_loop,
     column_scores,
     percentile_of,
+    roi_response_correlation,
 )
 from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, ordering
 from brainrecon.roi.masks import (
@@ -140,6 +141,9 @@ class RoiExploration:
         if all(n in e.reference_ecc for n in names):  # the same ordering of where the bands actually look
             ref = ordering([e.reference_ecc[n] for n in names])
             out["reference_values"], out["reference_strictly_increasing"] = ref["values"], ref["strictly_increasing"]
+        r = self.info.get("roi_response_r")
+        if r is not None:  # r of each band's mean training response with the next band's
+            out["neighbour_response_r"] = [float(r[i][j]) for i, j in zip(bands[:-1], bands[1:])]
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -204,6 +208,11 @@ class RoiExploration:
             if order is not None and "reference_values" in order:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["reference_values"]))
                 lines.append(f"{sp}: preferred eccentricity of the bands' effective receptive fields (deg): {vals}")
+            if order is not None and "neighbour_response_r" in order:
+                pairs = ", ".join(f"{a}/{b} {f(v)}" for a, b, v in
+                                  zip(order["rois"][:-1], order["rois"][1:], order["neighbour_response_r"]))
+                lines.append(f"{sp}: r of neighbouring bands' mean training responses (near 1: the data cannot tell "
+                             f"them apart): {pairs}")
             e = self.energy.get(sp)
             if e is not None and e.coverage_r is not None:
                 cov = ", ".join(f"{r} {f(c)}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
@@ -573,6 +582,9 @@ def explore_rois(
         exploration.samples = {s: np.stack(drawn[s]) for s in spaces}
         exploration.baseline_samples = {s: np.stack(drawn_base[s]) for s in spaces}
     scored = exploration.samples or images  # the closed loop averages over samples when there are several
+    # how far the training responses themselves tell the ROIs apart (read with the eccentricity ordering)
+    exploration.info["roi_response_r"] = roi_response_correlation(
+        np.asarray(data.array("X_train")), {n: masks[n] for n in names}).tolist()
 
     # ---- closed loop
     is_sim = info.get("source") == "sim" and voxel_ijk is not None and info.get("sim_root")

@@ -93,7 +93,7 @@ class RoiStage(Stage):
     """
 
     name = "roi"
-    version = 3  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances
+    version = 4  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances; 4: ROI response r
 
     def fingerprint(self) -> dict[str, Any]:
         """Content digests of NIfTI masks (their paths are not hashed)."""

@@ -9,7 +9,14 @@ import pytest
 
 from brainrecon.decoding.ridge import RidgeDecoder
 from brainrecon.errors import ConfigError, DataFormatError, ShapeMismatchError
-from brainrecon.roi.closed_loop import ClosedLoopResult, KernelRidgeReadout, closed_loop, percentile_of, roi_means
+from brainrecon.roi.closed_loop import (
+    ClosedLoopResult,
+    KernelRidgeReadout,
+    closed_loop,
+    percentile_of,
+    roi_means,
+    roi_response_correlation,
+)
 from brainrecon.roi.energy import energy_analysis, ordering, prf_coverage, ring_profile
 from brainrecon.roi.explore import RoiExploration, chain_order
 from brainrecon.roi.masks import (
@@ -294,6 +301,29 @@ def test_percentile_and_roi_means():
     np.testing.assert_allclose(out, [[0.5, 4.5], [6.5, 10.5]])
 
 
+def test_roi_response_correlation_tells_shared_from_separate_drive():
+    rng = np.random.default_rng(0)
+    shared, own = rng.normal(size=(400, 1)), rng.normal(size=(400, 1))
+    X = np.concatenate([
+        shared + 0.3 * rng.normal(size=(400, 20)),  # a: the shared signal
+        shared * rng.uniform(1, 50, size=(1, 20)) + 0.3 * rng.normal(size=(400, 20)),  # b: same, voxels 50x louder
+        own + 0.3 * rng.normal(size=(400, 20)),  # c: its own signal
+        np.full((400, 1), 7.0),  # a constant voxel (in c's mask) must not turn r into NaN
+    ], axis=1)
+    idx = np.arange(X.shape[1])
+    masks = {"a": idx < 20, "b": (idx >= 20) & (idx < 40), "c": idx >= 40}
+    r = roi_response_correlation(X, masks)
+    assert r.shape == (3, 3) and np.allclose(np.diag(r), 1.0)
+    assert r[0, 1] > 0.99  # z-scoring per voxel: loudness does not matter
+    assert abs(r[0, 2]) < 0.15 and abs(r[1, 2]) < 0.15
+    with pytest.raises(ShapeMismatchError, match="ROI responses"):
+        roi_response_correlation(X[:2], masks)
+    with pytest.raises(ShapeMismatchError, match="'a' mask"):
+        roi_response_correlation(X, {"a": np.ones(5, bool)})
+    with pytest.raises(ConfigError, match=r"\['e'\] select no voxel"):
+        roi_response_correlation(X, {"a": masks["a"], "e": np.zeros(X.shape[1], bool)})
+
+
 def test_kernel_ridge_readout_recovers_a_smooth_function():
     rng = np.random.default_rng(0)
     F = rng.normal(size=(300, 5))
@@ -395,9 +425,12 @@ def test_exploration_save_load_roundtrip(tmp_path, nsd_labels):
 
     ex.energy["toy"] = energy_analysis(to_float_chw(imgs["toy"]), to_float_chw(base["toy"]), ex.rois,
                                        nominal_ranges={s.name: s.ecc_range for s in specs if s.ecc_range})
+    ex.info["roi_response_r"] = [[1.0, 0.1, 0.2], [0.1, 1.0, 0.96], [0.2, 0.96, 1.0]]  # faces, ecc0pt5, ecc1
     ex.save(tmp_path / "ex", figures=True)
     back = RoiExploration.load(tmp_path / "ex")
     assert back.rois == ex.rois and back.specs[1].ecc_range == (0.0, 0.5)
+    assert back.eccentricity_ordering("toy")["neighbour_response_r"] == [0.96]
+    assert "ecc0pt5/ecc1 0.96" in back.report_text()
     np.testing.assert_array_equal(back.images["toy"], imgs["toy"])
     assert back.eccentricity_ordering("toy")["rois"] == ["ecc0pt5", "ecc1"]
     assert (tmp_path / "ex" / "images" / "toy" / "00_faces.png").is_file()

@@ -1,0 +1,93 @@
+"""Can the small Versatile Diffusion draw each scene category, and under which decode settings?
+
+The roi stage's closed loop can only find a category in an ROI image if the generator can draw that
+category at all. This decodes the default experiment's 100 test stimuli from their *true* latents
+(the ceiling: true CLIP-text and CLIP-vision features, img2img from the VDVAE ceiling images) under
+several decode settings (strength, guidance, text weight ``mix``), reads every image's category areas
+with the scene segmenter, and prints, per category, the Pearson r between the areas read on the
+decoded images and on the stimuli themselves (the segmenter reads the stimuli at r 1.00 against the
+true areas). It is a diagnostic of the generator, not of the decoders: no fMRI is involved.
+
+It reuses the run of ``make demo`` (the newest evaluated run of the ``sim`` experiment). About 6
+minutes on 2 CPU cores.
+
+Usage::
+
+    python benchmarks/vd_ceiling_categories.py [--artifacts artifacts] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: Decode settings compared, as overrides of the run's Versatile Diffusion settings.
+SETTINGS: dict[str, dict[str, float]] = {
+    "run's settings": {},
+    "vision only (mix 0)": {"mix": 0.0},
+    "text only (mix 1)": {"mix": 1.0},
+    "guidance 3": {"guidance": 3.0},
+    "guidance 15": {"guidance": 15.0},
+    "strength 0.4": {"strength": 0.4},
+    "strength 0.8": {"strength": 0.8},
+    "strength 1 (no VDVAE image)": {"strength": 1.0},
+}
+
+
+def category_r(read: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per column, Pearson r between ``read`` and ``reference`` (n, n_categories); NaN for a constant column."""
+    a = read - read.mean(0)
+    b = reference - reference.mean(0)
+    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(0) / den, np.nan)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Decode the ceiling under each setting and print the segmenter's per-category r."""
+    from brainrecon.images import to_float_chw, to_uint8_hwc
+    from brainrecon.latents.versatile import VersatileSpace
+    from brainrecon.roi.runs import find_run
+    from brainrecon.sim.segmenter import SegmenterSemantics
+    from brainrecon.sim.stimuli import CATEGORIES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the diffusion's noise")
+    args = ap.parse_args(argv)
+
+    run = find_run(args.artifacts, experiment="sim")
+    if "versatile" not in run.extract or "vdvae" not in run.generate:
+        raise SystemExit(f"run {run.evaluate.key}: expected the Brain-Diffuser chain (versatile from vdvae)")
+    space_cfg = {k: v for k, v in run.extract["versatile"].manifest["params"]["space"].items() if k != "_target_"}
+    space_cfg.update(progress=False, device="cpu")
+    latents = {t: np.asarray(run.extract["versatile"].array(f"test/{t}")) for t in ("clip_text", "clip_vision")}
+    init = to_float_chw(run.images("vdvae", "ceiling"))
+    reader = SegmenterSemantics()
+    reference = reader(run.stimuli("test")).astype(np.float64)
+
+    def line(name: str, images: np.ndarray, extra: str = "") -> None:
+        r = category_r(reader(images).astype(np.float64), reference)
+        print(f"{name:<30} " + "  ".join(f"{c} {v:+.2f}" for c, v in zip(CATEGORIES, r)) + extra, flush=True)
+
+    print(f"run {run.evaluate.key} ({run.experiment}); {len(reference)} test stimuli; Versatile Diffusion {space_cfg}")
+    print("Pearson r of the segmenter's category areas, decoded image vs stimulus:")
+    line("VDVAE ceiling (the init)", run.images("vdvae", "ceiling"))
+    line("generate stage's ceiling", run.images("versatile", "ceiling"))
+    for name, overrides in SETTINGS.items():
+        space = VersatileSpace(**{**space_cfg, **overrides})
+        t0 = time.perf_counter()
+        images = space.decode(latents, init=init, seed=args.seed)
+        line(name, to_uint8_hwc(images), f"  ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
