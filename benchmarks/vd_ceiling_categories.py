@@ -13,7 +13,8 @@ minutes on 2 CPU cores.
 
 Usage::
 
-    python benchmarks/vd_ceiling_categories.py [--artifacts artifacts] [--seed 0]
+    python benchmarks/vd_ceiling_categories.py [--artifacts artifacts] [--seed 0] \
+        [--figure docs/figures/vd_ceiling_bodies.png]   # the stimuli with the most body area, decoded
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ SETTINGS: dict[str, dict[str, float]] = {
     "strength 0.8": {"strength": 0.8},
     "strength 1 (no VDVAE image)": {"strength": 1.0},
 }
+#: Settings shown by --figure (rows under the stimuli and the VDVAE images).
+FIGURE_ROWS = ("run's settings", "text only (mix 1)", "strength 0.4")
 
 
 def category_r(read: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     ap.add_argument("--seed", type=int, default=0, help="seed of the diffusion's noise")
+    ap.add_argument("--figure", type=Path, help="also draw the test stimuli with the most body area, decoded (PNG)")
+    ap.add_argument("--category", default="body", help="category of --figure (default body)")
     args = ap.parse_args(argv)
 
     run = find_run(args.artifacts, experiment="sim")
@@ -74,9 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     reader = SegmenterSemantics()
     reference = reader(run.stimuli("test")).astype(np.float64)
 
+    if args.category not in CATEGORIES:
+        raise SystemExit(f"--category: expected one of {list(CATEGORIES)}, got {args.category!r}")
+    shown: dict[str, np.ndarray] = {"stimulus": run.stimuli("test"), "VDVAE ceiling": run.images("vdvae", "ceiling")}
+
     def line(name: str, images: np.ndarray, extra: str = "") -> None:
         r = category_r(reader(images).astype(np.float64), reference)
         print(f"{name:<30} " + "  ".join(f"{c} {v:+.2f}" for c, v in zip(CATEGORIES, r)) + extra, flush=True)
+        if name in FIGURE_ROWS:
+            shown[name] = images
 
     print(f"run {run.evaluate.key} ({run.experiment}); {len(reference)} test stimuli; Versatile Diffusion {space_cfg}")
     print("Pearson r of the segmenter's category areas, decoded image vs stimulus:")
@@ -87,6 +98,33 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         images = space.decode(latents, init=init, seed=args.seed)
         line(name, to_uint8_hwc(images), f"  ({time.perf_counter() - t0:.0f} s)")
+    if args.figure is not None:
+        print(f"figure: {category_figure(shown, reader, CATEGORIES.index(args.category), args.category, args.figure)}")
+
+
+def category_figure(shown: dict[str, np.ndarray], reader, k: int, category: str, path: Path, n: int = 8) -> Path:  # noqa: ANN001
+    """The ``n`` test stimuli with the largest area of category ``k`` (columns), decoded by each row's setting;
+    each tile is titled with the segmenter's area of the category."""
+    from matplotlib.figure import Figure
+
+    from brainrecon.roi.figures import save_figure
+
+    order = np.argsort(-reader(shown["stimulus"])[:, k])[:n]
+    fig = Figure(figsize=(1.3 * n + 1.0, 1.45 * len(shown) + 0.4))
+    axes = fig.subplots(len(shown), n, squeeze=False)
+    for i, (name, images) in enumerate(shown.items()):
+        areas = reader(images[order])[:, k]
+        for j, idx in enumerate(order):
+            ax = axes[i, j]
+            ax.imshow(images[idx])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{category} {areas[j]:.2f}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(f"test stimuli with the most {category} area, decoded from their true latents "
+                 f"(titles: the segmenter's {category} area)", fontsize=9)
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":
