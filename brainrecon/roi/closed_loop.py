@@ -421,9 +421,9 @@ def roi_response_correlation(X: np.ndarray, masks: Mapping[str, np.ndarray]) -> 
     """Pearson r between ROIs' mean responses over trials: ``(n_rois, n_rois)``, in ``masks`` order.
 
     Each voxel of ``X`` (n_trials, n_voxels) is z-scored over trials before the ROI means are taken,
-    so that every voxel weighs alike. Two ROIs whose means correlate near 1 respond to the same
-    stimuli: no decoder fitted on these data can tell what one of them prefers over the other,
-    whatever the synthetic pattern (a bound on what ROI-optimal images can separate).
+    so that every voxel weighs alike. Two ROIs whose means correlate near 1 respond to nearly the
+    same stimuli, so the images synthesised from their masks can differ only through the little
+    the two do not share, whatever the generator.
 
     Raises
     ------

@@ -211,8 +211,8 @@ class RoiExploration:
             if order is not None and "neighbour_response_r" in order:
                 pairs = ", ".join(f"{a}/{b} {f(v)}" for a, b, v in
                                   zip(order["rois"][:-1], order["rois"][1:], order["neighbour_response_r"]))
-                lines.append(f"{sp}: r of neighbouring bands' mean training responses (near 1: the data cannot tell "
-                             f"them apart): {pairs}")
+                lines.append(f"{sp}: r of neighbouring bands' mean training responses (near 1: they respond to "
+                             f"nearly the same stimuli): {pairs}")
             e = self.energy.get(sp)
             if e is not None and e.coverage_r is not None:
                 cov = ", ".join(f"{r} {f(c)}" for r, c in zip(e.rois, e.coverage_r) if np.isfinite(c))
