@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     print("Pearson r of the segmenter's category areas, decoded image vs stimulus:")
     line("VDVAE ceiling (the init)", run.images("vdvae", "ceiling"))
     line("generate stage's ceiling", run.images("versatile", "ceiling"))
+    line("VAE round trip (no diffusion)", vae_round_trip(VersatileSpace(**space_cfg), run.stimuli("test")))
     for name, overrides in SETTINGS.items():
         space = VersatileSpace(**{**space_cfg, **overrides})
         t0 = time.perf_counter()
@@ -100,6 +101,22 @@ def main(argv: list[str] | None = None) -> None:
         line(name, to_uint8_hwc(images), f"  ({time.perf_counter() - t0:.0f} s)")
     if args.figure is not None:
         print(f"figure: {category_figure(shown, reader, CATEGORIES.index(args.category), args.category, args.figure)}")
+
+
+def vae_round_trip(space, stimuli: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Stimuli through the diffusion model's VAE alone (posterior mean, no noise, no diffusion): uint8 images.
+
+    Tells whether the latent grid the diffusion works on can hold a category at all."""
+    import torch
+    from torch.nn import functional as F
+
+    from brainrecon.images import to_float_chw, to_uint8_hwc
+
+    pipe = space.pipeline()
+    x = F.interpolate(torch.from_numpy(to_float_chw(stimuli)), size=(space.image_size,) * 2, mode="area")
+    with torch.inference_mode():
+        z = pipe.encode(x * 2.0 - 1.0, torch.zeros(1))  # zero noise: the posterior mean
+        return to_uint8_hwc(pipe.decode(z).cpu().numpy())
 
 
 def category_figure(shown: dict[str, np.ndarray], reader, k: int, category: str, path: Path, n: int = 8) -> Path:  # noqa: ANN001
@@ -124,7 +141,7 @@ def category_figure(shown: dict[str, np.ndarray], reader, k: int, category: str,
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(f"test stimuli with the most {category} area, decoded from their true latents "
                  f"(titles: the segmenter's {category} area)", fontsize=9)
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=80)  # 40 photographs: keep the PNG small
 
 
 if __name__ == "__main__":
