@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/vd_ceiling_categories.py [--artifacts artifacts] [--seed 0] \
         [--figure docs/figures/vd_ceiling_bodies.png]   # the stimuli with the most body area, decoded
+    python benchmarks/vd_ceiling_categories.py --weights artifacts/training/vd_small_other   # another model
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the diffusion's noise")
     ap.add_argument("--figure", type=Path, help="also draw the test stimuli with the most body area, decoded (PNG)")
     ap.add_argument("--category", default="body", help="category of --figure (default body)")
+    ap.add_argument("--weights", help="another diffusion model folder with the run's CLIP (default: the run's)")
     args = ap.parse_args(argv)
 
     run = find_run(args.artifacts, experiment="sim")
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"run {run.evaluate.key}: expected the Brain-Diffuser chain (versatile from vdvae)")
     space_cfg = {k: v for k, v in run.extract["versatile"].manifest["params"]["space"].items() if k != "_target_"}
     space_cfg.update(progress=False, device="cpu")
+    if args.weights:
+        space_cfg["weights_path"] = args.weights
     latents = {t: np.asarray(run.extract["versatile"].array(f"test/{t}")) for t in ("clip_text", "clip_vision")}
     init = to_float_chw(run.images("vdvae", "ceiling"))
     reader = SegmenterSemantics()
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"run {run.evaluate.key} ({run.experiment}); {len(reference)} test stimuli; Versatile Diffusion {space_cfg}")
     print("Pearson r of the segmenter's category areas, decoded image vs stimulus:")
     line("VDVAE ceiling (the init)", run.images("vdvae", "ceiling"))
-    line("generate stage's ceiling", run.images("versatile", "ceiling"))
+    if not args.weights:  # the stage's images come from the run's own model
+        line("generate stage's ceiling", run.images("versatile", "ceiling"))
     line("VAE round trip (no diffusion)", vae_round_trip(VersatileSpace(**space_cfg), run.stimuli("test")))
     for name, overrides in SETTINGS.items():
         space = VersatileSpace(**{**space_cfg, **overrides})
