@@ -46,19 +46,11 @@ SETTINGS: dict[str, dict[str, float]] = {
 FIGURE_ROWS = ("run's settings", "text only (mix 1)", "strength 0.4")
 
 
-def category_r(read: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per column, Pearson r between ``read`` and ``reference`` (n, n_categories); NaN for a constant column."""
-    a = read - read.mean(0)
-    b = reference - reference.mean(0)
-    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(0) / den, np.nan)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Decode the ceiling under each setting and print the segmenter's per-category r."""
     from brainrecon.images import to_float_chw, to_uint8_hwc
     from brainrecon.latents.versatile import VersatileSpace
+    from brainrecon.roi.closed_loop import column_scores
     from brainrecon.roi.runs import find_run
     from brainrecon.sim.segmenter import SegmenterSemantics
     from brainrecon.sim.stimuli import CATEGORIES
@@ -88,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     shown: dict[str, np.ndarray] = {"stimulus": run.stimuli("test"), "VDVAE ceiling": run.images("vdvae", "ceiling")}
 
     def line(name: str, images: np.ndarray, extra: str = "") -> None:
-        r = category_r(reader(images).astype(np.float64), reference)
+        r, _ = column_scores(reader(images).astype(np.float64), reference)
         print(f"{name:<30} " + "  ".join(f"{c} {v:+.2f}" for c, v in zip(CATEGORIES, r)) + extra, flush=True)
         if name in FIGURE_ROWS:
             shown[name] = images
@@ -105,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         images = space.decode(latents, init=init, seed=args.seed)
         line(name, to_uint8_hwc(images), f"  ({time.perf_counter() - t0:.0f} s)")
     if args.figure is not None:
-        print(f"figure: {category_figure(shown, reader, CATEGORIES.index(args.category), args.category, args.figure)}")
+        k = CATEGORIES.index(args.category)
+        print(f"figure: {category_figure(shown, reader, reference[:, k], k, args.category, args.figure)}")
 
 
 def vae_round_trip(space, stimuli: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -124,14 +117,15 @@ def vae_round_trip(space, stimuli: np.ndarray) -> np.ndarray:  # noqa: ANN001
         return to_uint8_hwc(pipe.decode(z).cpu().numpy())
 
 
-def category_figure(shown: dict[str, np.ndarray], reader, k: int, category: str, path: Path, n: int = 8) -> Path:  # noqa: ANN001
-    """The ``n`` test stimuli with the largest area of category ``k`` (columns), decoded by each row's setting;
-    each tile is titled with the segmenter's area of the category."""
+def category_figure(shown: dict[str, np.ndarray], reader, stimulus_areas: np.ndarray, k: int, category: str,  # noqa: ANN001
+                    path: Path, n: int = 8) -> Path:
+    """The ``n`` test stimuli with the largest area of category ``k`` (``stimulus_areas``, as read; columns),
+    decoded by each row's setting; each tile is titled with the segmenter's area of the category."""
     from matplotlib.figure import Figure
 
     from brainrecon.roi.figures import save_figure
 
-    order = np.argsort(-reader(shown["stimulus"])[:, k])[:n]
+    order = np.argsort(-stimulus_areas)[:n]
     fig = Figure(figsize=(1.3 * n + 1.0, 1.45 * len(shown) + 0.4))
     axes = fig.subplots(len(shown), n, squeeze=False)
     for i, (name, images) in enumerate(shown.items()):

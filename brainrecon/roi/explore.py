@@ -524,12 +524,13 @@ def explore_rois(
     specs, masks = resolve_rois(entries, labels, voxel_ijk=voxel_ijk, volume_shape=shape,
                                 affine=_nsd_affine(info), restrict=restrict)
     names = [s.name for s in specs]
+    X_train = np.asarray(data.array("X_train"))  # read once: patterns, response correlation, fitted model
     # the group each ROI is set against its peers in (None: no peers, the plain pattern)
     peers_of = [s.group if s.group in peer_groups else None for s in specs]
     if pattern == "mask":
         Q = synthetic_patterns(masks, value=value, restrict=restrict, contrast=contrast, groups=peers_of)
     else:
-        Q = conditional_patterns(masks, np.asarray(data.array("X_train")), value=value, restrict=restrict,
+        Q = conditional_patterns(masks, X_train, value=value, restrict=restrict,
                                  groups=peers_of if pattern == "partial" else None)
 
     # ---- latents
@@ -584,7 +585,7 @@ def explore_rois(
     scored = exploration.samples or images  # the closed loop averages over samples when there are several
     # how far the training responses themselves tell the ROIs apart (read with the eccentricity ordering)
     exploration.info["roi_response_r"] = roi_response_correlation(
-        np.asarray(data.array("X_train")), {n: masks[n] for n in names}).tolist()
+        X_train, {n: masks[n] for n in names}).tolist()
 
     # ---- closed loop
     is_sim = info.get("source") == "sim" and voxel_ijk is not None and info.get("sim_root")
@@ -647,7 +648,7 @@ def explore_rois(
     else:
         prfs, reference_maps = None, None
     if "fitted" in models:
-        enc = VoxelwiseEncodingModel([LowLevelFeatures(), clip_features]).fit(stim_tr, np.asarray(data.array("X_train")))
+        enc = VoxelwiseEncodingModel([LowLevelFeatures(), clip_features]).fit(stim_tr, X_train)
         heldout = enc.score(stim_te, np.asarray(data.array("X_test")), masks)
         exploration.closed_loop["fitted"] = closed_loop(
             enc, scored, masks, groups, natural_train=stim_tr, natural_test=stim_te,
