@@ -14,6 +14,7 @@ Two stages, both with diffusers classes in the published Versatile Diffusion lay
    (weight relative to the summed reconstruction error, LDM's convention), posterior
    sampled during training. Its ``scaling_factor`` is set to 1 / std of the training
    latents (LDM's rule; the published 0.18215 came from the same rule).
+   ``--vae-from`` takes a trained model's VAE and scaling factor instead.
 2. Dual-guided latent diffusion: a small ``UNet2DConditionModel`` (image UNet) and a
    ``UNetFlatConditionModel`` (text UNet) of the same block layout, paired by
    :class:`~brainrecon.latents.versatile.dual_guided.DualGuidedUNet`, trained with the
@@ -89,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-dtype", choices=("float16", "float32"), default="float16",
                    help="dtype of the stored weights (loaded as the pipeline's dtype)")
     # VAE
+    p.add_argument("--vae-from", default=None,
+                   help="reuse the VAE (and its scaling factor) of a trained model folder, e.g. bundled:vd_small, "
+                        "instead of training one: the VAE does not depend on the CLIP conditioning")
     p.add_argument("--vae-channels", default="32,64,64", help="AutoencoderKL block_out_channels")
     p.add_argument("--vae-iters", type=int, default=None, help="VAE steps (default: until --vae-minutes)")
     p.add_argument("--vae-minutes", type=float, default=None,
@@ -316,6 +320,33 @@ def train_vae(args: argparse.Namespace, px_train: Any, rng: np.random.Generator)
             break
     seconds = time.perf_counter() - t_start
     return ema.eval(), {"iters": it + 1, "seconds": seconds, "seconds_per_iter": seconds / (it + 1), "trace": trace}
+
+
+def reuse_vae(args: argparse.Namespace) -> tuple[Any, dict]:
+    """The float32 VAE of the trained model folder ``--vae-from``, checked against ``--image-size``.
+
+    Its training record (``<folder>/*.training.json``, when present) is carried into this
+    run's report, so the saved folder still says how its VAE was trained.
+    """
+    import torch
+
+    from brainrecon.latents.versatile.dual_guided import load_dual_guided
+    from brainrecon.paths import resolve_weights_path
+
+    if args.vae_iters is not None or args.vae_minutes is not None:
+        raise ConfigError("--vae-from reuses a trained VAE: drop --vae-iters / --vae-minutes, or drop --vae-from")
+    root = resolve_weights_path(args.vae_from)
+    vae = load_dual_guided(root, dtype=torch.float32, progress=False).vae.requires_grad_(False)
+    size = vae.config.sample_size
+    if size != args.image_size:
+        raise ConfigError(f"--vae-from {args.vae_from}: its VAE works at {size} px, --image-size is {args.image_size}")
+    record: dict[str, Any] = {"from": str(args.vae_from), "path": str(root), "iters": 0, "seconds": 0.0}
+    reports = sorted(root.glob("*.training.json"))
+    if reports:
+        previous = json.loads(reports[0].read_text())
+        record["trained"] = {k: v for k, v in previous.get("vae", {}).items() if k != "trace"}
+        record["trained"]["data"] = previous.get("data")
+    return vae.eval(), record
 
 
 def encode_latents(vae: Any, px: Any, batch: int = 128) -> tuple[Any, Any]:
@@ -546,13 +577,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(train_idx)} training / {len(val_idx)} held-out scenes; CLIP text {lt}x{dim}, vision {lv}x{dim}",
           flush=True)
 
-    # 1. VAE
-    vae, vae_log = train_vae(args, px_train, rng)
-    mu, sd = encode_latents(vae, px_train)
-    scale = float(1.0 / (mu + sd * torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))).std())
-    vae.register_to_config(scaling_factor=scale)
-    print(f"VAE: {vae_log['iters']} steps in {vae_log['seconds'] / 60:.1f} min; latent scale factor {scale:.4f}",
-          flush=True)
+    # 1. VAE: trained here, or taken with its scaling factor from a trained model
+    if args.vae_from is not None:
+        vae, vae_log = reuse_vae(args)
+        mu, sd = encode_latents(vae, px_train)
+        scale = float(vae.config.scaling_factor)
+        print(f"VAE from {vae_log['from']}; latent scale factor {scale:.4f}", flush=True)
+    else:
+        vae, vae_log = train_vae(args, px_train, rng)
+        mu, sd = encode_latents(vae, px_train)
+        scale = float(1.0 / (mu + sd * torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))).std())
+        vae.register_to_config(scaling_factor=scale)
+        print(f"VAE: {vae_log['iters']} steps in {vae_log['seconds'] / 60:.1f} min; latent scale factor {scale:.4f}",
+              flush=True)
 
     # 2. dual-guided latent diffusion
     from diffusers import UNet2DConditionModel
@@ -589,7 +626,8 @@ def main(argv: list[str] | None = None) -> dict:
         "clip": feats["clip"],
         "context_shapes": {"text": [int(lt), int(dim)], "vision": [int(lv), int(dim)]},
         "n_params": n_params,
-        "vae": {"config": vae_config(args), "scaling_factor": scale, **vae_log},
+        "vae": {"config": ({k: v for k, v in vae.config.items() if not k.startswith("_")} if args.vae_from
+                           else vae_config(args)), "scaling_factor": scale, **vae_log},
         "unet": {"image_unet_config": image_cfg, "text_unet_config": {**text_cfg}, **unet_log},
         "heldout": heldout,
         "weights_bytes": folder_bytes(tmp),

@@ -436,6 +436,21 @@ def test_training_script_writes_the_published_layout(tmp_path):
     with pytest.raises(ConfigError, match="stand-in"):
         script.main(["--images", str(tmp_path / "scenes.npy"), "--clip", "stand-in"])  # never into the package
 
+    # --vae-from: the diffusion is trained on a trained model's VAE, which is saved unchanged
+    common = ["--images", str(tmp_path / "scenes.npy"), "--clip", "stand-in", "--cache-dir", str(tmp_path / "cache"),
+              "--n-heldout", "3", "--threads", "1", "--unet-channels", "8,16", "--unet-iters", "2",
+              "--batch-size", "2", "--eval-n", "2", "--eval-steps", "4", "--vae-from", str(out)]
+    again = script.main(common + ["--image-size", "16", "--out", str(tmp_path / "w" / "vd_again")])
+    assert again["vae"]["iters"] == 0 and again["vae"]["from"] == str(out)
+    assert again["vae"]["scaling_factor"] == pytest.approx(report["vae"]["scaling_factor"], rel=1e-6)
+    assert again["vae"]["trained"]["iters"] == 2  # the reused VAE's own training record travels with it
+    first, second = (load_file(tmp_path / "w" / name / "vae" / WEIGHTS_NAME) for name in ("vd_tiny", "vd_again"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    with pytest.raises(ConfigError, match="--vae-from.*16 px.*--image-size is 32"):
+        script.main(common + ["--image-size", "32", "--out", str(tmp_path / "w" / "vd_bad")])
+    with pytest.raises(ConfigError, match="--vae-from reuses a trained VAE"):
+        script.main(common + ["--image-size", "16", "--vae-iters", "5", "--out", str(tmp_path / "w" / "vd_bad")])
+
 
 # ---------------------------------------------------------------- the shipped small model
 def _vd_small_dir():
