@@ -330,13 +330,13 @@ def reuse_vae(args: argparse.Namespace) -> tuple[Any, dict]:
     """
     import torch
 
-    from brainrecon.latents.versatile.dual_guided import load_dual_guided
+    from brainrecon.latents.versatile.dual_guided import load_vae
     from brainrecon.paths import resolve_weights_path
 
     if args.vae_iters is not None or args.vae_minutes is not None:
         raise ConfigError("--vae-from reuses a trained VAE: drop --vae-iters / --vae-minutes, or drop --vae-from")
     root = resolve_weights_path(args.vae_from)
-    vae = load_dual_guided(root, dtype=torch.float32, progress=False).vae.requires_grad_(False)
+    vae = load_vae(root, dtype=torch.float32).requires_grad_(False)
     size = vae.config.sample_size
     if size != args.image_size:
         raise ConfigError(f"--vae-from {args.vae_from}: its VAE works at {size} px, --image-size is {args.image_size}")
@@ -578,14 +578,12 @@ def main(argv: list[str] | None = None) -> dict:
           flush=True)
 
     # 1. VAE: trained here, or taken with its scaling factor from a trained model
+    vae, vae_log = reuse_vae(args) if args.vae_from is not None else train_vae(args, px_train, rng)
+    mu, sd = encode_latents(vae, px_train)
     if args.vae_from is not None:
-        vae, vae_log = reuse_vae(args)
-        mu, sd = encode_latents(vae, px_train)
         scale = float(vae.config.scaling_factor)
         print(f"VAE from {vae_log['from']}; latent scale factor {scale:.4f}", flush=True)
     else:
-        vae, vae_log = train_vae(args, px_train, rng)
-        mu, sd = encode_latents(vae, px_train)
         scale = float(1.0 / (mu + sd * torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))).std())
         vae.register_to_config(scaling_factor=scale)
         print(f"VAE: {vae_log['iters']} steps in {vae_log['seconds'] / 60:.1f} min; latent scale factor {scale:.4f}",

@@ -32,6 +32,7 @@ from brainrecon.latents.versatile.dual_guided import (  # noqa: E402
     _as_dtype,
     img2img_timesteps,
     load_dual_guided,
+    load_vae,
     published_image_unet_config,
     published_scheduler_config,
     published_text_unet_config,
@@ -379,6 +380,22 @@ def test_missing_parts_raise_naming_the_path(tmp_path):
     (tmp_path / "vae").rmdir()
     with pytest.raises(MissingWeightsError, match="vae"):
         load_dual_guided(tmp_path)
+    with pytest.raises(MissingWeightsError) as err:
+        load_vae(tmp_path)
+    assert str(tmp_path / "vae") in str(err.value)
+    with pytest.raises(MissingWeightsError, match="nowhere"):
+        load_vae(tmp_path / "nowhere")
+
+
+def test_load_vae_needs_no_unets(tmp_path):
+    write_checkpoint(tmp_path)
+    expected = load_dual_guided(tmp_path, progress=False).vae.state_dict()
+    for sub in ("image_unet", "text_unet"):
+        (tmp_path / sub / WEIGHTS_NAME).unlink()
+    vae = load_vae(tmp_path)
+    assert next(vae.parameters()).dtype == torch.float32
+    got = vae.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):

@@ -737,6 +737,23 @@ def _load_model(cls: type, root: Path, sub: str, dtype: torch.dtype) -> nn.Modul
     return model
 
 
+def load_vae(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> nn.Module:
+    """The ``vae/`` part alone of a diffusers-format Versatile Diffusion folder, on CPU.
+
+    For reusing a trained model's autoencoder (``scripts/train_vd_small.py --vae-from``) without
+    loading its UNets. ``path`` and the errors are as in :func:`load_dual_guided`; ``dtype``
+    defaults to float32.
+    """
+    from diffusers import AutoencoderKL
+
+    from brainrecon.paths import resolve_weights_path
+
+    root = resolve_weights_path(path)
+    if not root.is_dir():
+        raise MissingWeightsError(root, "Versatile Diffusion (diffusers layout with a vae/ sub-folder)", _HINT)
+    return _load_model(AutoencoderKL, root, "vae", _as_dtype(dtype, torch.device("cpu")))
+
+
 def load_dual_guided(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
