@@ -27,6 +27,7 @@ Usage::
     python benchmarks/roi_closed_loop.py --configs seed1_segmenter partial_seed1_segmenter   # another simulated experiment
     python benchmarks/roi_closed_loop.py --configs reference seeds4to7 vdvae_train_norm   # the CLIP readout (session 5)
     python benchmarks/roi_closed_loop.py --configs gans_sim          # IC-GAN and BigBiGAN
+    python benchmarks/roi_closed_loop.py --overrides latents.versatile.weights_path=artifacts/training/vd_other
     python benchmarks/roi_closed_loop.py --configs contrast0.5 contrast1 gans_sim_contrast0.25 \
         gans_sim_contrast0.5 gans_sim_contrast0.75 gans_sim_contrast1   # the category contrast (roi.contrast)
     python benchmarks/roi_closed_loop.py --configs reference conditional partial gans_sim gans_sim_conditional \
@@ -224,13 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--figure", type=Path, help="also draw the category-ROI images of every configuration (PNG)")
     ap.add_argument("--figure-space", default="icgan", help="latent space of --figure (default icgan)")
+    ap.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="Hydra overrides added to every configuration, e.g. another diffusion model: "
+                         "latents.versatile.weights_path=artifacts/training/vd_other (after `python -m pipelines.run` "
+                         "with the same override, or the first configuration also runs the upstream stages)")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     summary, runs = {}, {}
     for name in args.configs:
-        ex, secs, key = run_config(CONFIGS[name], args.artifacts.resolve(), args.data.resolve())
+        ex, secs, key = run_config([*CONFIGS[name], *args.overrides], args.artifacts.resolve(), args.data.resolve())
         summary[name] = report(name, ex, secs, key)
         runs[name] = ex
     if args.figure is not None:

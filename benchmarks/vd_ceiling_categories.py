@@ -16,6 +16,7 @@ Usage::
     python benchmarks/vd_ceiling_categories.py [--artifacts artifacts] [--seed 0] \
         [--figure docs/figures/vd_ceiling_bodies.png]   # the stimuli with the most body area, decoded
     python benchmarks/vd_ceiling_categories.py --weights artifacts/training/vd_small_other   # another model
+    python benchmarks/vd_ceiling_categories.py --weights ... --settings "run's settings" "strength 0.4"   # some rows
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", type=Path, help="also draw the test stimuli with the most body area, decoded (PNG)")
     ap.add_argument("--category", default="body", help="category of --figure (default body)")
     ap.add_argument("--weights", help="another diffusion model folder with the run's CLIP (default: the run's)")
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="SETTING",
+                    help=f"decode settings to run (default: all of {list(SETTINGS)})")
     args = ap.parse_args(argv)
 
     run = find_run(args.artifacts, experiment="sim")
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.weights:  # the stage's images come from the run's own model
         line("generate stage's ceiling", run.images("versatile", "ceiling"))
     line("VAE round trip (no diffusion)", vae_round_trip(VersatileSpace(**space_cfg), run.stimuli("test")))
-    for name, overrides in SETTINGS.items():
+    for name in args.settings:
+        overrides = SETTINGS[name]
         space = VersatileSpace(**{**space_cfg, **overrides})
         t0 = time.perf_counter()
         images = space.decode(latents, init=init, seed=args.seed)

@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="KL weight relative to the summed reconstruction error")
     # diffusion
+    p.add_argument("--init-from", default=None,
+                   help="continue training the UNets of a trained model folder (its VAE, scaling factor and "
+                        "architecture are kept; it must have been trained on the same CLIP)")
     p.add_argument("--unet-channels", default="32,64,64", help="UNet block_out_channels (both UNets)")
     p.add_argument("--unet-iters", type=int, default=None, help="diffusion steps (default: until --unet-minutes)")
     p.add_argument("--unet-minutes", type=float, default=None,
@@ -114,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema-rate", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--loss-weighting", choices=("none", "min_snr"), default="none",
+                   help="per-timestep weight of the epsilon MSE: none (LDM), or min(SNR, gamma) / SNR (Min-SNR)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0, help="gamma of --loss-weighting min_snr")
     p.add_argument("--p-uncond", type=float, default=0.15, help="per-context probability of the unconditional context")
     p.add_argument("--p-mix", default="0.35,0.35,0.3",
                    help="probabilities of a batch with mix = 0, mix = 1, mix ~ U(0,1) per sample")
@@ -125,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.lr_decay == "cosine" and args.unet_iters is None:
         p.error("--lr-decay cosine needs --unet-iters (the step the cosine reaches 0)")
+    if args.min_snr_gamma <= 0:
+        p.error(f"--min-snr-gamma: expected > 0, got {args.min_snr_gamma}")
     return args
 
 
@@ -268,6 +276,25 @@ def lr_factor(it: int, warmup: int, total: int | None, decay: str) -> float:
     return warm * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+def timestep_weights(alphas_cumprod: Any, t: Any, weighting: str, gamma: float) -> Any:
+    """Per-sample weights of the epsilon MSE at timesteps ``t``.
+
+    ``none``: 1 (LDM, the published recipe). ``min_snr``: ``min(SNR, gamma) / SNR`` with
+    ``SNR = abar / (1 - abar)`` (Hang et al. 2023, "Min-SNR weighting", for epsilon prediction):
+    the nearly clean steps, whose noise prediction is about fine texture, count less, and the
+    steps where shapes are decided count fully.
+    """
+    import torch
+
+    if weighting == "none":
+        return torch.ones(t.shape, dtype=torch.float32)
+    if weighting != "min_snr":
+        raise ConfigError(f"--loss-weighting: expected 'none' or 'min_snr', got {weighting!r}")
+    abar = alphas_cumprod[t].to(torch.float64)
+    snr = abar / (1.0 - abar)
+    return (snr.clamp(max=gamma) / snr).to(torch.float32)
+
+
 def mean_window(window: list[dict], step: int) -> dict:
     return {"iter": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
 
@@ -349,6 +376,37 @@ def reuse_vae(args: argparse.Namespace) -> tuple[Any, dict]:
     return vae.eval(), record
 
 
+def continued_model(args: argparse.Namespace, clip: dict) -> dict:
+    """Check that ``--init-from`` can be continued here; its training record, for this run's report.
+
+    The model must have a training record (``*.training.json``) naming the CLIP weights it was
+    trained on, and they must be this run's: its UNets read that CLIP's features. Its VAE is
+    reused (``--vae-from`` must be absent or the same folder, no VAE steps).
+    """
+    from brainrecon.paths import resolve_weights_path
+
+    if args.vae_from is not None and args.vae_from != args.init_from:
+        raise ConfigError(f"--init-from {args.init_from} keeps that model's VAE: drop --vae-from {args.vae_from}")
+    root = resolve_weights_path(args.init_from)
+    reports = sorted(root.glob("*.training.json"))
+    if not reports:
+        raise ConfigError(f"--init-from {root}: no *.training.json, so the CLIP it was trained on is unknown")
+    previous = json.loads(reports[0].read_text())
+    trained_on = (previous.get("clip") or {}).get("weights")
+    if trained_on != clip.get("weights"):
+        raise ConfigError(f"--init-from {root}: trained on CLIP weights {trained_on}, this run's CLIP "
+                          f"{args.clip} has {clip.get('weights')}")
+    unet = previous.get("unet", {})
+    earlier = int(unet.get("iters", 0)) + int((unet.get("init") or {}).get("iters_before", 0))
+    return {"from": str(args.init_from), "path": str(root), "iters_before": earlier, "report": reports[0].name,
+            "args": previous.get("args"), "seconds": unet.get("seconds")}
+
+
+def plain_config(model: Any) -> dict:
+    """A diffusers model's constructor arguments (its config without the private keys)."""
+    return {k: v for k, v in model.config.items() if not k.startswith("_")}
+
+
 def encode_latents(vae: Any, px: Any, batch: int = 128) -> tuple[Any, Any]:
     """Posterior means and standard deviations of uint8 images (n, 3, H, W)."""
     import torch
@@ -416,14 +474,17 @@ def train_unet(args: argparse.Namespace, dual: Any, lat: tuple[Any, Any], feats:
         mix: float | Any = (0.0, 1.0)[mode] if mode < 2 else torch.from_numpy(rng.random(b).astype(np.float32))
         dual.train()
         eps = dual(zt, t, text, vis, mix)
-        loss = torch.nn.functional.mse_loss(eps, noise)
+        per_sample = ((eps - noise) ** 2).mean(dim=tuple(range(1, eps.ndim)))
+        loss = (timestep_weights(noise_sched.alphas_cumprod, t, args.loss_weighting, args.min_snr_gamma)
+                * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, args.grad_clip))
         opt.step()
         sched.step()
         ema_update(ema, dual, min(args.ema_rate, (1.0 + it) / (10.0 + it)))
-        window.append({"loss": loss.item(), f"loss_mix{('0', '1', 'u')[mode]}": loss.item(), "grad_norm": gnorm,
+        window.append({"loss": loss.item(), "mse": per_sample.mean().item(),
+                       f"loss_mix{('0', '1', 'u')[mode]}": loss.item(), "grad_norm": gnorm,
                        "sec": time.perf_counter() - t0})
         if (it + 1) % args.log_every == 0:
             keys = {key for w in window for key in w}
@@ -577,6 +638,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(train_idx)} training / {len(val_idx)} held-out scenes; CLIP text {lt}x{dim}, vision {lv}x{dim}",
           flush=True)
 
+    # A continued model keeps the latent space (VAE) and conditioning (CLIP) it was trained in.
+    init_log = None
+    if args.init_from is not None:
+        init_log = continued_model(args, feats["clip"])
+        args.vae_from = args.init_from
+
     # 1. VAE: trained here, or taken with its scaling factor from a trained model
     vae, vae_log = reuse_vae(args) if args.vae_from is not None else train_vae(args, px_train, rng)
     mu, sd = encode_latents(vae, px_train)
@@ -594,10 +661,19 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
 
     latent_size = mu.shape[-1]
-    image_cfg, text_cfg = unet_configs(args, latent_size, dim)
-    torch.manual_seed(args.seed + 2)
-    image_unet = UNet2DConditionModel(**image_cfg)
-    text_unet = UNetFlatConditionModel(**text_cfg)
+    if args.init_from is not None:
+        from brainrecon.latents.versatile.dual_guided import load_unets
+
+        image_unet, text_unet = load_unets(args.init_from, dtype=torch.float32)
+        image_cfg, text_cfg = (plain_config(m) for m in (image_unet, text_unet))
+        if image_cfg["cross_attention_dim"] != dim or image_cfg["sample_size"] != latent_size:
+            raise ConfigError(f"--init-from {args.init_from}: its UNet takes {image_cfg['sample_size']} px latents and "
+                              f"{image_cfg['cross_attention_dim']}-d context, this run has {latent_size} and {dim}")
+    else:
+        image_cfg, text_cfg = unet_configs(args, latent_size, dim)
+        torch.manual_seed(args.seed + 2)
+        image_unet = UNet2DConditionModel(**image_cfg)
+        text_unet = UNetFlatConditionModel(**text_cfg)
     dual = DualGuidedUNet(image_unet, text_unet)
     n_params = {
         "vae": sum(p.numel() for p in vae.parameters()),
@@ -624,9 +700,10 @@ def main(argv: list[str] | None = None) -> dict:
         "clip": feats["clip"],
         "context_shapes": {"text": [int(lt), int(dim)], "vision": [int(lv), int(dim)]},
         "n_params": n_params,
-        "vae": {"config": ({k: v for k, v in vae.config.items() if not k.startswith("_")} if args.vae_from
+        "vae": {"config": (plain_config(vae) if args.vae_from
                            else vae_config(args)), "scaling_factor": scale, **vae_log},
-        "unet": {"image_unet_config": image_cfg, "text_unet_config": {**text_cfg}, **unet_log},
+        "unet": {"image_unet_config": image_cfg, "text_unet_config": {**text_cfg}, **unet_log,
+                 **({"init": init_log} if init_log else {})},
         "heldout": heldout,
         "weights_bytes": folder_bytes(tmp),
         "wall_seconds": time.perf_counter() - t_all,

@@ -32,6 +32,7 @@ from brainrecon.latents.versatile.dual_guided import (  # noqa: E402
     _as_dtype,
     img2img_timesteps,
     load_dual_guided,
+    load_unets,
     load_vae,
     published_image_unet_config,
     published_scheduler_config,
@@ -398,6 +399,19 @@ def test_load_vae_needs_no_unets(tmp_path):
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
 
 
+def test_load_unets_gives_the_pipeline_weights_unpaired(tmp_path):
+    write_checkpoint(tmp_path)
+    image_unet, text_unet = load_unets(tmp_path)
+    assert isinstance(image_unet, UNet2DConditionModel) and isinstance(text_unet, UNetFlatConditionModel)
+    assert next(image_unet.parameters()).dtype == torch.float32
+    expected = load_dual_guided(tmp_path, progress=False).unet.state_dict()
+    got = DualGuidedUNet(image_unet, text_unet).state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    (tmp_path / "text_unet" / WEIGHTS_NAME).unlink()
+    with pytest.raises(MissingWeightsError, match="text_unet"):
+        load_unets(tmp_path)
+
+
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -467,6 +481,58 @@ def test_training_script_writes_the_published_layout(tmp_path):
         script.main(common + ["--image-size", "32", "--out", str(tmp_path / "w" / "vd_bad")])
     with pytest.raises(ConfigError, match="--vae-from reuses a trained VAE"):
         script.main(common + ["--image-size", "16", "--vae-iters", "5", "--out", str(tmp_path / "w" / "vd_bad")])
+
+    # --init-from: training continues from a trained model's UNets, in its latent space, with Min-SNR weights
+    common = common[:-2] + ["--image-size", "16"]
+    cont = script.main(common + ["--init-from", str(out), "--loss-weighting", "min_snr", "--log-every", "1",
+                                 "--out", str(tmp_path / "w" / "vd_cont")])
+    assert cont["unet"]["init"]["iters_before"] == 3 and cont["unet"]["iters"] == 2
+    assert cont["unet"]["image_unet_config"]["block_out_channels"] == [8, 16]
+    assert cont["vae"]["from"] == str(out) and cont["args"]["loss_weighting"] == "min_snr"
+    # weighted loss <= unweighted MSE: Min-SNR weights are at most 1
+    assert len(cont["unet"]["trace"]) == 2 and all(r["loss"] <= r["mse"] + 1e-7 for r in cont["unet"]["trace"])
+    again = script.main(common + ["--init-from", str(tmp_path / "w" / "vd_cont"), "--unet-iters", "1",
+                                  "--out", str(tmp_path / "w" / "vd_cont2")])
+    assert again["unet"]["init"]["iters_before"] == 5  # 3 + 2: the count runs through a chain of continuations
+    start = load_file(out / "image_unet" / WEIGHTS_NAME)
+    moved = load_file(tmp_path / "w" / "vd_cont" / "image_unet" / WEIGHTS_NAME)
+    assert start.keys() == moved.keys() and not all(torch.equal(start[k], moved[k]) for k in start)
+    with pytest.raises(ConfigError, match="drop --vae-from"):
+        script.main(common + ["--init-from", str(out), "--vae-from", str(tmp_path / "w" / "vd_again"),
+                              "--out", str(tmp_path / "w" / "vd_bad")])
+    record = out / "vd_tiny.training.json"
+    rec = json.loads(record.read_text())
+    record.write_text(json.dumps({**rec, "clip": {"weights": "0123456789abcdef"}}))
+    with pytest.raises(ConfigError, match="trained on CLIP weights 0123456789abcdef"):
+        script.main(common + ["--init-from", str(out), "--out", str(tmp_path / "w" / "vd_bad")])
+    record.unlink()
+    with pytest.raises(ConfigError, match="no \\*.training.json"):
+        script.main(common + ["--init-from", str(out), "--out", str(tmp_path / "w" / "vd_bad")])
+
+
+def test_min_snr_weights_down_weight_only_the_nearly_clean_steps():
+    import importlib.util
+
+    from brainrecon.latents.versatile.dual_guided import reference_scheduler
+    from brainrecon.paths import repo_root
+
+    root = repo_root()
+    if root is None:
+        pytest.skip("needs the source checkout (scripts/)")
+    spec = importlib.util.spec_from_file_location("train_vd_small", root / "scripts" / "train_vd_small.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    abar = reference_scheduler().alphas_cumprod
+    t = torch.arange(0, 1000)
+    assert torch.equal(script.timestep_weights(abar, t, "none", 5.0), torch.ones(1000))
+    w = script.timestep_weights(abar, t, "min_snr", 5.0)
+    snr = (abar / (1 - abar)).double()
+    # 1 where SNR <= gamma (the noisier steps); gamma / SNR where the image is nearly clean
+    assert torch.all(w[snr <= 5.0] == 1.0)
+    assert torch.allclose(w[snr > 5.0].double(), 5.0 / snr[snr > 5.0], rtol=1e-5)
+    assert 0 < float(w[0]) < 0.01 and bool((w[1:] >= w[:-1]).all())  # SNR falls with t: weights rise to 1
+    with pytest.raises(ConfigError, match="--loss-weighting"):
+        script.timestep_weights(abar, t, "snr", 5.0)
 
 
 # ---------------------------------------------------------------- the shipped small model

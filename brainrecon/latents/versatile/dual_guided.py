@@ -754,6 +754,27 @@ def load_vae(path: str | os.PathLike, dtype: str | torch.dtype | None = None) ->
     return _load_model(AutoencoderKL, root, "vae", _as_dtype(dtype, torch.device("cpu")))
 
 
+def load_unets(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> tuple[nn.Module, nn.Module]:
+    """The ``image_unet/`` and ``text_unet/`` parts of a diffusers-format folder, on CPU, unpaired.
+
+    For continuing the training of a model (``scripts/train_vd_small.py --init-from``): the plain
+    ``UNet2DConditionModel`` and ``UNetFlatConditionModel``, ready to be paired by
+    :class:`DualGuidedUNet`. ``path`` and the errors are as in :func:`load_dual_guided`;
+    ``dtype`` defaults to float32.
+    """
+    from diffusers import UNet2DConditionModel
+    from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
+
+    from brainrecon.paths import resolve_weights_path
+
+    root = resolve_weights_path(path)
+    if not root.is_dir():
+        raise MissingWeightsError(root, "Versatile Diffusion (diffusers layout with image_unet/ and text_unet/)", _HINT)
+    dt = _as_dtype(dtype, torch.device("cpu"))
+    return (_load_model(UNet2DConditionModel, root, "image_unet", dt),
+            _load_model(UNetFlatConditionModel, root, "text_unet", dt))
+
+
 def load_dual_guided(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
