@@ -106,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue training the UNets of a trained model folder (its VAE, scaling factor and "
                         "architecture are kept; it must have been trained on the same CLIP)")
     p.add_argument("--unet-channels", default="32,64,64", help="UNet block_out_channels (both UNets)")
-    p.add_argument("--unet-iters", type=int, default=None, help="diffusion steps (default: until --unet-minutes)")
+    p.add_argument("--unet-iters", type=int, default=None,
+                   help="diffusion steps (default: until --unet-minutes); 0 with --init-from re-evaluates that model")
     p.add_argument("--unet-minutes", type=float, default=None,
                    help="wall-time budget of the diffusion training (default: none with --unet-iters, else 25)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -131,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.lr_decay == "cosine" and args.unet_iters is None:
         p.error("--lr-decay cosine needs --unet-iters (the step the cosine reaches 0)")
+    if args.unet_iters is not None and (args.unet_iters < 0 or (args.unet_iters == 0 and args.init_from is None)):
+        p.error(f"--unet-iters: expected >= 1 (0 only with --init-from: re-evaluate a model), got {args.unet_iters}")
     if args.min_snr_gamma <= 0:
         p.error(f"--min-snr-gamma: expected > 0, got {args.min_snr_gamma}")
     return args
@@ -451,7 +454,7 @@ def train_unet(args: argparse.Namespace, dual: Any, lat: tuple[Any, Any], feats:
     trace, window = [], []
     t_start = time.perf_counter()
     deadline = t_start + 60.0 * budget_minutes(args.unet_iters, args.unet_minutes, 25.0)
-    it = 0
+    done = 0
     bar = tqdm(steps(args.unet_iters), total=args.unet_iters, desc="train dual-guided unet", mininterval=5.0)
     for it in bar:
         t0 = time.perf_counter()
@@ -495,10 +498,11 @@ def train_unet(args: argparse.Namespace, dual: Any, lat: tuple[Any, Any], feats:
             bar.set_postfix(loss=f"{row['loss']:.4f}", s_it=f"{row['sec']:.2f}")
             if not sys.stderr.isatty():
                 print(json.dumps({"unet": row}), flush=True)
+        done = it + 1
         if time.perf_counter() > deadline:
             break
     seconds = time.perf_counter() - t_start
-    return ema.eval(), {"iters": it + 1, "seconds": seconds, "seconds_per_iter": seconds / (it + 1), "trace": trace}
+    return ema.eval(), {"iters": done, "seconds": seconds, "seconds_per_iter": seconds / max(done, 1), "trace": trace}
 
 
 # ------------------------------------------------------------------------------------ saving

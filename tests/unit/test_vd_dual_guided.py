@@ -497,6 +497,13 @@ def test_training_script_writes_the_published_layout(tmp_path):
     start = load_file(out / "image_unet" / WEIGHTS_NAME)
     moved = load_file(tmp_path / "w" / "vd_cont" / "image_unet" / WEIGHTS_NAME)
     assert start.keys() == moved.keys() and not all(torch.equal(start[k], moved[k]) for k in start)
+    # zero steps re-evaluates a model as it is (same weights, fresh held-out figures)
+    same = script.main(common + ["--init-from", str(out), "--unet-iters", "0", "--out", str(tmp_path / "w" / "vd_same")])
+    assert same["unet"]["iters"] == 0 and same["unet"]["init"]["iters_before"] == 3 and "img2img" in same["heldout"]
+    kept = load_file(tmp_path / "w" / "vd_same" / "image_unet" / WEIGHTS_NAME)
+    assert kept.keys() == start.keys() and all(torch.equal(start[k], kept[k]) for k in start)
+    with pytest.raises(SystemExit):  # argparse: 0 steps only continue a model
+        script.main(common + ["--unet-iters", "0", "--out", str(tmp_path / "w" / "vd_bad")])
     with pytest.raises(ConfigError, match="drop --vae-from"):
         script.main(common + ["--init-from", str(out), "--vae-from", str(tmp_path / "w" / "vd_again"),
                               "--out", str(tmp_path / "w" / "vd_bad")])
