@@ -35,11 +35,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-def build_space(params: dict):
-    """The latent space an extract artifact was made with, from its recorded configuration."""
+def build_space(params: dict, decode: dict | None = None):
+    """The latent space an extract artifact was made with, from its recorded configuration.
+
+    Decode-only settings are not in the extract key, so its manifest keeps those of the run that first
+    encoded; ``decode`` (the roi stage's record of the space's settings) takes precedence.
+    """
     from hydra.utils import instantiate  # as pipelines.config.build_spaces builds every space
 
-    return instantiate({**params["space"], "progress": False})
+    return instantiate({**params["space"], **(decode or {}), "progress": False})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     inputs = roi.manifest["inputs"]
     data = store.open(args.scope, "data", inputs["data"]["key"])
     extract = store.open(args.scope, "extract", inputs[f"extract/{args.space}"]["key"])
-    space = build_space(extract.manifest["params"])
+    space = build_space(extract.manifest["params"], (roi.manifest["params"].get("decode") or {}).get(args.space))
     info = data.json("info")
     labels = data_labels(data)
     voxel_ijk = np.asarray(data.array("voxel_ijk"))

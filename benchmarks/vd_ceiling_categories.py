@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     if "versatile" not in run.extract or "vdvae" not in run.generate:
         raise SystemExit(f"run {run.evaluate.key}: expected the Brain-Diffuser chain (versatile from vdvae)")
     space_cfg = {k: v for k, v in run.extract["versatile"].manifest["params"]["space"].items() if k != "_target_"}
+    # Decode settings are not part of the extract key, so the extract manifest keeps those of the run that first
+    # encoded the stimuli; the run's own are the generate stage's.
+    space_cfg.update(run.generate["versatile"].manifest["params"].get("decode") or {})
     space_cfg.update(progress=False, device="cpu")
     if args.weights:
         space_cfg["weights_path"] = args.weights

@@ -36,15 +36,18 @@ def files_fingerprint(paths: Iterable[str | Path], base: str | Path | None = Non
     return h.hexdigest()[:16]
 
 
-def path_fingerprint(path: str | Path) -> str:
+def path_fingerprint(path: str | Path, ignore: tuple[str, ...] = ()) -> str:
     """Fingerprint of a file, or of every file below a folder; ``"missing"`` if absent.
 
     A missing path still gets a (constant) fingerprint so that the stage that
-    reads it runs and raises its own, precise error.
+    reads it runs and raises its own, precise error. Files of a folder whose
+    name matches a glob pattern in ``ignore`` are left out (e.g. a training
+    record beside weights, which describes them but is never read to compute).
     """
     p = Path(path).expanduser()
     if p.is_file():
         return file_fingerprint(p)
     if p.is_dir():
-        return files_fingerprint((q for q in p.rglob("*") if q.is_file()), base=p)
+        files = (q for q in p.rglob("*") if q.is_file() and not any(q.match(g) for g in ignore))
+        return files_fingerprint(files, base=p)
     return "missing"

@@ -167,6 +167,14 @@ def build_roi_stage(
     if params["clip_weights"] == "auto":
         params["clip_weights"] = run_clip_weights(spaces)
     params.update({"seed": int(seed), "chains": dict(chains)})
+    # The ROI images are decoded with each space's decode-only settings (img2img strength, truncation, ...),
+    # which the extract key leaves out; without them a changed strength would reuse stale ROI images
+    # whenever no generate stage is upstream (ceiling_check off).
+    decode = {name: {k: getattr(sp, k) for k in getattr(sp, "decode_params", ()) or () if hasattr(sp, k)}
+              for name, sp in spaces.items()}
+    decode = {name: d for name, d in decode.items() if d}
+    if decode:
+        params["decode"] = decode
     up: dict[str, Stage] = {"data": stages["data"]}
     for name in spaces:
         up[f"fit/{name}"] = stages[f"fit/{name}"]

@@ -469,6 +469,26 @@ def test_roi_stage_is_registered_and_hashes_mask_content(tmp_path):
     assert isinstance(RoiSpec("x", "f"), RoiSpec)
 
 
+def test_roi_stage_keys_on_decode_settings_without_a_generate_stage_upstream():
+    from brainrecon.latents.pixels import PixelSpace
+    from brainrecon.stages.pipeline import build_stages
+
+    class Decoded(PixelSpace):
+        decode_params = ("strength",)
+
+        def __init__(self, strength: float) -> None:
+            super().__init__(8, 4)
+            self.strength = strength
+
+    cfg = {"name": "toy", "subject": 1, "data": {"source": "toy"}, "latents": {"pixels": {}},
+           "roi": {"ceiling_check": False}}
+    a = build_stages(cfg, {"pixels": Decoded(0.6)})["roi"]
+    assert "generate/pixels" not in a.upstream and a.params["decode"] == {"pixels": {"strength": 0.6}}
+    assert build_stages(cfg, {"pixels": Decoded(0.75)})["roi"].key() != a.key()
+    assert build_stages(cfg, {"pixels": Decoded(0.6)})["roi"].key() == a.key()
+    assert "decode" not in build_stages(cfg, {"pixels": PixelSpace(8, 4)})["roi"].params  # nothing to key on
+
+
 def test_clip_weights_auto_is_the_clip_of_the_run_latents():
     from brainrecon.latents.pixels import PixelSpace
     from brainrecon.stages.pipeline import build_stages

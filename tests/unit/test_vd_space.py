@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,13 @@ def test_space_honours_the_contract(vd_dir):
     check_latent_space(space, _stimuli())
     fp = space.fingerprint()
     assert set(fp) == {"clip", "diffusion"} and fp["diffusion"] != "missing"
+    # a training record beside the weights describes them; writing one keeps the cache keys
+    record = Path(vd_dir) / "m.training.json"
+    record.write_text('{"note": "provenance"}')
+    try:
+        assert VersatileSpace(str(vd_dir), progress=False).fingerprint() == fp
+    finally:
+        record.unlink()
 
 
 def test_init_images_are_resized_and_optional(vd_dir):

@@ -109,10 +109,15 @@ class VersatileSpace:
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> dict[str, Any]:
-        """Digests of the CLIP and diffusion weights (the extract/generate cache keys use them)."""
+        """Digests of the CLIP and diffusion weights (the extract/generate cache keys use them).
+
+        The diffusion folder's training record (``*.training.json``) is left out: rewriting
+        a model's provenance must not invalidate the images it generated.
+        """
         from brainrecon.fingerprint import path_fingerprint
 
-        return {"clip": self.clip.fingerprint(), "diffusion": path_fingerprint(self.weights)}
+        return {"clip": self.clip.fingerprint(),
+                "diffusion": path_fingerprint(self.weights, ignore=("*.training.json",))}
 
     def clip_image_embedding(self, latents: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The CLIP image embedding held in ``latents`` and the identity of that CLIP.
