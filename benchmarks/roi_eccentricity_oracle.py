@@ -1,0 +1,105 @@
+"""How well can *any* image set order the simulated eccentricity bands? An oracle for acceptance 2.
+
+The roi stage measures where each eccentricity band's ROI image puts its energy and asks whether the
+bands' preferred eccentricities increase from centre to periphery. This script asks the same question
+of the ground truth, with no decoder and no generator: the simulator's **noise-free** responses of the
+true encoding model to the subject's natural images. Per band (voxels of ``prf-eccrois``, responses
+z-scored per voxel, averaged over the band's voxels) it forms two images, and measures their energy
+exactly as the roi stage measures an ROI image's (``brainrecon.roi.energy``, against the mean image):
+
+* the **response-weighted average** image, ``sum_i (r_i - mean r) x_i / n`` (a spike-triggered average);
+* the mean of the band's **top-k** natural images (largest ``r_i``).
+
+If the bands' own preferred natural images do not order strictly, no ROI image made from data of that
+simulated brain can be expected to. It reads the simulated datasets under ``data/sim_nsd`` (written by
+``python -m pipelines.run``, one per ``seed``) and takes a few seconds each::
+
+    python benchmarks/roi_eccentricity_oracle.py [--data data/sim_nsd] [--top 20 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+#: Eccentricity bands of ``prf-eccrois`` (labels 1..5).
+BANDS = ("ecc0pt5", "ecc1", "ecc2", "ecc4", "ecc4plus")
+
+
+def band_images(images: np.ndarray, responses: np.ndarray, labels: np.ndarray, top: int) -> dict[str, np.ndarray]:
+    """Per band, the response-weighted average image and the mean of its ``top`` images, each minus the mean image.
+
+    Parameters
+    ----------
+    images : (n, 3, H, W) float in [0, 1]
+    responses : (n, n_voxels) noise-free responses
+    labels : (n_voxels,) ``prf-eccrois`` labels (0: outside every band)
+    top : number of preferred images averaged
+
+    Returns
+    -------
+    dict with ``"weighted"`` and ``"top"``, each (n_bands, 3, H, W) deviations from the mean image
+    """
+    z = (responses - responses.mean(0)) / (responses.std(0) + 1e-12)
+    centred = images - images.mean(0, keepdims=True)
+    weighted, best = [], []
+    for b in range(1, len(BANDS) + 1):
+        if not (labels == b).any():
+            raise SystemExit(f"prf-eccrois: no voxel with label {b} ({BANDS[b - 1]})")
+        r = z[:, labels == b].mean(1)
+        weighted.append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
+        best.append(centred[np.argsort(-r)[:top]].mean(0))
+    return {"weighted": np.stack(weighted), "top": np.stack(best)}
+
+
+def preferred(deviations: np.ndarray) -> np.ndarray:
+    """Preferred eccentricity (deg) of each deviation image's energy, as the roi stage computes it."""
+    from brainrecon.roi.energy import preferred_eccentricity, ring_profile
+
+    energy = (deviations.astype(np.float64) ** 2).sum(1)
+    return preferred_eccentricity(ring_profile(energy))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print, per simulated dataset, the bands' preferred eccentricity of each oracle image and its ordering."""
+    from brainrecon.images import to_float_chw
+    from brainrecon.roi.energy import ordering
+    from brainrecon.sim.truth import load_truth
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "sim_nsd")
+    ap.add_argument("--top", type=int, nargs="+", default=[20, 100], help="sizes of the top-k image sets")
+    args = ap.parse_args(argv)
+    roots = sorted(p for p in args.data.iterdir() if p.is_dir()) if args.data.is_dir() else []
+    if not roots:
+        raise SystemExit(f"--data {args.data}: no simulated dataset (run `python -m pipelines.run` first)")
+
+    for root in roots:
+        truth = load_truth(root)
+        responses = np.asarray(truth.responses, dtype=np.float64)
+        images = to_float_chw(truth.stimuli(np.arange(responses.shape[0])))
+        labels = np.asarray(truth.roi_labels["prf-eccrois"])
+        print(f"{root.name} (simulation seed {truth.config.seed}): {len(images)} natural images, noise-free responses")
+        print("  preferred eccentricity (deg) " + "  ".join(f"{b:>8}" for b in BANDS))
+        for top in args.top:
+            rows = band_images(images, responses, labels, top)
+            if top == args.top[0]:
+                show(" response-weighted average", preferred(rows["weighted"]), ordering)
+            show(f" mean of the top-{top} images", preferred(rows["top"]), ordering)
+
+
+def show(name: str, values: np.ndarray, ordering) -> None:  # noqa: ANN001
+    o = ordering(values)
+    print(f"  {name:<28} " + "  ".join(f"{v:8.2f}" for v in values)
+          + f"   Spearman {o['spearman']:.2f}, strictly increasing {o['strictly_increasing']}")
+
+
+if __name__ == "__main__":
+    main()
