@@ -427,7 +427,8 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- training script
-def test_training_script_writes_the_published_layout(tmp_path):
+def _train_script():
+    """``scripts/train_vd_small.py`` as a module (skips outside the source checkout)."""
     import importlib.util
 
     from brainrecon.paths import repo_root
@@ -438,6 +439,11 @@ def test_training_script_writes_the_published_layout(tmp_path):
     spec = importlib.util.spec_from_file_location("train_vd_small", root / "scripts" / "train_vd_small.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_training_script_writes_the_published_layout(tmp_path):
+    script = _train_script()
     # a step count alone is not cut short by a default wall-time budget (it once was: session 7's vd_small)
     assert script.budget_minutes(3995, None, 25.0) == float("inf")
     assert script.budget_minutes(3995, 30.0, 25.0) == 30.0 and script.budget_minutes(None, None, 25.0) == 25.0
@@ -518,17 +524,9 @@ def test_training_script_writes_the_published_layout(tmp_path):
 
 
 def test_min_snr_weights_down_weight_only_the_nearly_clean_steps():
-    import importlib.util
-
     from brainrecon.latents.versatile.dual_guided import reference_scheduler
-    from brainrecon.paths import repo_root
 
-    root = repo_root()
-    if root is None:
-        pytest.skip("needs the source checkout (scripts/)")
-    spec = importlib.util.spec_from_file_location("train_vd_small", root / "scripts" / "train_vd_small.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _train_script()
     abar = reference_scheduler().alphas_cumprod
     t = torch.arange(0, 1000)
     assert torch.equal(script.timestep_weights(abar, t, "none", 5.0), torch.ones(1000))

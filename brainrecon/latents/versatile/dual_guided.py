@@ -737,6 +737,16 @@ def _load_model(cls: type, root: Path, sub: str, dtype: torch.dtype) -> nn.Modul
     return model
 
 
+def _model_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` resolved (``bundled:`` names included); a missing folder raises, naming ``what`` it should hold."""
+    from brainrecon.paths import resolve_weights_path
+
+    root = resolve_weights_path(path)
+    if not root.is_dir():
+        raise MissingWeightsError(root, what, _HINT)
+    return root
+
+
 def load_vae(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> nn.Module:
     """The ``vae/`` part alone of a diffusers-format Versatile Diffusion folder, on CPU.
 
@@ -746,11 +756,7 @@ def load_vae(path: str | os.PathLike, dtype: str | torch.dtype | None = None) ->
     """
     from diffusers import AutoencoderKL
 
-    from brainrecon.paths import resolve_weights_path
-
-    root = resolve_weights_path(path)
-    if not root.is_dir():
-        raise MissingWeightsError(root, "Versatile Diffusion (diffusers layout with a vae/ sub-folder)", _HINT)
+    root = _model_folder(path, "Versatile Diffusion (diffusers layout with a vae/ sub-folder)")
     return _load_model(AutoencoderKL, root, "vae", _as_dtype(dtype, torch.device("cpu")))
 
 
@@ -765,11 +771,7 @@ def load_unets(path: str | os.PathLike, dtype: str | torch.dtype | None = None) 
     from diffusers import UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
 
-    from brainrecon.paths import resolve_weights_path
-
-    root = resolve_weights_path(path)
-    if not root.is_dir():
-        raise MissingWeightsError(root, "Versatile Diffusion (diffusers layout with image_unet/ and text_unet/)", _HINT)
+    root = _model_folder(path, "Versatile Diffusion (diffusers layout with image_unet/ and text_unet/)")
     dt = _as_dtype(dtype, torch.device("cpu"))
     return (_load_model(UNet2DConditionModel, root, "image_unet", dt),
             _load_model(UNetFlatConditionModel, root, "text_unet", dt))
@@ -810,13 +812,7 @@ def load_dual_guided(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.pipelines.deprecated.versatile_diffusion.modeling_text_unet import UNetFlatConditionModel
 
-    from brainrecon.paths import resolve_weights_path
-
-    root = resolve_weights_path(path)
-    if not root.is_dir():
-        raise MissingWeightsError(
-            root, "Versatile Diffusion (diffusers layout: image_unet/, text_unet/, vae/, scheduler/)", _HINT
-        )
+    root = _model_folder(path, "Versatile Diffusion (diffusers layout: image_unet/, text_unet/, vae/, scheduler/)")
     for sub in SUBFOLDERS:  # report the first absent part before loading gigabytes of the others
         _check_folder(root, sub, weights=sub != "scheduler")
     dev = torch.device(device)
