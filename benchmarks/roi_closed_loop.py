@@ -91,6 +91,9 @@ CONFIGS: dict[str, list[str]] = {
     "seed1_segmenter": ["seed=1", "roi.semantic_estimator=segmenter"],
     "partial_seed1_segmenter": ["seed=1", "roi.pattern=partial", "roi.semantic_estimator=segmenter"],
     # session 8: the text weight of Versatile Diffusion's dual conditioning (latents.versatile.mix, default 0.4)
+    # twenty draws per ROI (session 11): the same latents, a closer estimate of the expected image
+    "draws20_segmenter": ["roi.samples=20", "roi.semantic_estimator=segmenter"],
+    "seed1_draws20_segmenter": ["seed=1", "roi.samples=20", "roi.semantic_estimator=segmenter"],
     "mix0.7_segmenter": ["latents.versatile.mix=0.7", "roi.semantic_estimator=segmenter"],
     "mix1_segmenter": ["latents.versatile.mix=1.0", "roi.semantic_estimator=segmenter"],
 }
@@ -166,6 +169,11 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
             print(f"  {sp:<10} acceptance 2: preferred ecc (deg) {vals} | Spearman {order['spearman']:.2f}, "
                   f"strictly increasing {order['strictly_increasing']}")
+            if "contrast" in order:
+                c = order["contrast"]
+                vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], c["values"]))
+                print(f"  {'':<10} contrast added: preferred ecc (deg) {vals} | Spearman {c['spearman']:.2f}, "
+                      f"strictly increasing {c['strictly_increasing']}")
             if "reference_values" in order:
                 ref = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["reference_values"]))
                 print(f"  {'':<10} the bands' effective receptive fields (deg) {ref}")

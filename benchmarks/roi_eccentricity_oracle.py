@@ -10,6 +10,14 @@ exactly as the roi stage measures an ROI image's (``brainrecon.roi.energy``, aga
 * the **response-weighted average** image, ``sum_i (r_i - mean r) x_i / n`` (a spike-triggered average);
 * the mean of the band's **top-k** natural images (largest ``r_i``).
 
+Each is measured twice, as the roi stage measures an ROI image (``brainrecon.roi.energy``): the
+**energy** of the deviation image (squared difference from the mean image), and the **contrast added**
+(the positive part of the difference between the band's local contrast-energy map and the mean
+contrast-energy map of all images: the response-weighted average of the contrast maps, or the mean
+contrast map of the top-k images). The simulated early visual voxels respond to local contrast energy
+and only weakly, with a sign that varies from voxel to voxel, to local luminance: a measure of where
+the bands' receptive fields are should recover their order from their own preferred images.
+
 If the bands' own preferred natural images do not order strictly, no ROI image made from data of that
 simulated brain can be expected to. It reads the simulated datasets under ``data/sim_nsd`` (written by
 ``python -m pipelines.run``, one per ``seed``) and takes a few seconds each::
@@ -50,13 +58,49 @@ def band_images(images: np.ndarray, responses: np.ndarray, labels: np.ndarray, t
     z = (responses - responses.mean(0)) / (responses.std(0) + 1e-12)
     centred = images - images.mean(0, keepdims=True)
     weighted, best = [], []
-    for b in range(1, len(BANDS) + 1):
-        if not (labels == b).any():
-            raise SystemExit(f"prf-eccrois: no voxel with label {b} ({BANDS[b - 1]})")
-        r = z[:, labels == b].mean(1)
+    for r in band_responses(z, labels):
         weighted.append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
         best.append(centred[np.argsort(-r)[:top]].mean(0))
     return {"weighted": np.stack(weighted), "top": np.stack(best)}
+
+
+def band_responses(z: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Each band's mean z-scored response, (n,) per band, in band order."""
+    out = []
+    for b in range(1, len(BANDS) + 1):
+        if not (labels == b).any():
+            raise SystemExit(f"prf-eccrois: no voxel with label {b} ({BANDS[b - 1]})")
+        out.append(z[:, labels == b].mean(1))
+    return out
+
+
+def contrast_added(contrast: np.ndarray, responses: np.ndarray, labels: np.ndarray, top: int) -> dict[str, np.ndarray]:
+    """Per band, the contrast its preferred images add over the mean contrast map of all images.
+
+    Parameters
+    ----------
+    contrast : (n, S, S) local contrast-energy maps (``brainrecon.roi.energy.contrast_energy``)
+    responses, labels, top : as :func:`band_images`
+
+    Returns
+    -------
+    dict with ``"weighted"`` (response-weighted average of the contrast maps) and ``"top"`` (mean
+    contrast map of the ``top`` preferred images minus the mean map), each (n_bands, S, S), positive part
+    """
+    z = (responses - responses.mean(0)) / (responses.std(0) + 1e-12)
+    centred = contrast - contrast.mean(0, keepdims=True)
+    weighted, best = [], []
+    for r in band_responses(z, labels):
+        weighted.append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
+        best.append(centred[np.argsort(-r)[:top]].mean(0))
+    return {"weighted": np.clip(np.stack(weighted), 0, None), "top": np.clip(np.stack(best), 0, None)}
+
+
+def preferred_of_maps(maps: np.ndarray) -> np.ndarray:
+    """Preferred eccentricity (deg) of each (S, S) map, as the roi stage computes it."""
+    from brainrecon.roi.energy import preferred_eccentricity, ring_profile
+
+    return preferred_eccentricity(ring_profile(maps))
 
 
 def preferred(deviations: np.ndarray) -> np.ndarray:
@@ -70,7 +114,8 @@ def preferred(deviations: np.ndarray) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     """Print, per simulated dataset, the bands' preferred eccentricity of each oracle image and its ordering."""
     from brainrecon.images import to_float_chw
-    from brainrecon.roi.energy import ordering
+    from brainrecon.roi.energy import contrast_energy, ordering
+    from brainrecon.roi.explore import ENERGY_SIZE
     from brainrecon.sim.truth import load_truth
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,17 +132,24 @@ def main(argv: list[str] | None = None) -> None:
         images = to_float_chw(truth.stimuli(np.arange(responses.shape[0])))
         labels = np.asarray(truth.roi_labels["prf-eccrois"])
         print(f"{root.name} (simulation seed {truth.config.seed}): {len(images)} natural images, noise-free responses")
-        print("  preferred eccentricity (deg) " + "  ".join(f"{b:>8}" for b in BANDS))
+        print("  energy: preferred eccentricity (deg)  " + "  ".join(f"{b:>8}" for b in BANDS))
         for top in args.top:
             rows = band_images(images, responses, labels, top)
             if top == args.top[0]:
                 show(" response-weighted average", preferred(rows["weighted"]), ordering)
             show(f" mean of the top-{top} images", preferred(rows["top"]), ordering)
+        contrast = contrast_energy(images, ENERGY_SIZE)
+        print("  contrast added: preferred eccentricity (deg)")
+        for top in args.top:
+            rows = contrast_added(contrast, responses, labels, top)
+            if top == args.top[0]:
+                show(" response-weighted average", preferred_of_maps(rows["weighted"]), ordering)
+            show(f" mean of the top-{top} images", preferred_of_maps(rows["top"]), ordering)
 
 
 def show(name: str, values: np.ndarray, ordering) -> None:  # noqa: ANN001
     o = ordering(values)
-    print(f"  {name:<28} " + "  ".join(f"{v:8.2f}" for v in values)
+    print(f"  {name:<36} " + "  ".join(f"{v:8.2f}" for v in values)
           + f"   Spearman {o['spearman']:.2f}, strictly increasing {o['strictly_increasing']}")
 
 

@@ -56,6 +56,10 @@ def execute(cfg: DictConfig) -> Path:
         if order is not None:
             vals = ", ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
             print(f"eccentricity of {space} images' energy (deg): {vals}; Spearman {order['spearman']:.2f}")
+            if "contrast" in order:
+                c = order["contrast"]
+                vals = ", ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], c["values"]))
+                print(f"eccentricity of the contrast {space} images add (deg): {vals}; Spearman {c['spearman']:.2f}")
     print(f"\n[brainrecon] images:  {(art.path / 'images').resolve()}")
     print(f"[brainrecon] tables:  {', '.join(str((art.path / f'closed_loop_{m}.csv').resolve()) for m in exploration.closed_loop)}")
     print(f"[brainrecon] figure:  {(art.path / 'figures' / 'summary.png').resolve()}")

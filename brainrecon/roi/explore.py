@@ -141,6 +141,8 @@ class RoiExploration:
         if all(n in e.reference_ecc for n in names):  # the same ordering of where the bands actually look
             ref = ordering([e.reference_ecc[n] for n in names])
             out["reference_values"], out["reference_strictly_increasing"] = ref["values"], ref["strictly_increasing"]
+        if e.contrast_preferred_ecc is not None:  # the same question asked of the contrast the images add
+            out["contrast"] = ordering([e.contrast_preferred_ecc[i] for i in bands])
         r = self.info.get("roi_response_r")
         if r is not None:  # r of each band's mean training response with the next band's
             out["neighbour_response_r"] = [float(r[i][j]) for i, j in zip(bands[:-1], bands[1:])]
@@ -205,6 +207,11 @@ class RoiExploration:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["values"]))
                 lines.append(f"\n{sp}: preferred eccentricity of the band images (deg): {vals}; Spearman "
                              f"{f(order['spearman'])}, strictly increasing: {order['strictly_increasing']}")
+            if order is not None and "contrast" in order:
+                c = order["contrast"]
+                vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], c["values"]))
+                lines.append(f"{sp}: preferred eccentricity of the contrast the band images add (deg): {vals}; "
+                             f"Spearman {f(c['spearman'])}, strictly increasing: {c['strictly_increasing']}")
             if order is not None and "reference_values" in order:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["reference_values"]))
                 lines.append(f"{sp}: preferred eccentricity of the bands' effective receptive fields (deg): {vals}")

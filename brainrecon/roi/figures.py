@@ -86,6 +86,26 @@ def roi_images_figure(
     return fig
 
 
+def draws_figure(exploration: Any, space: str, *, draws: int = 6) -> Any:
+    """The first ``draws`` draws of every ROI image of ``space``, one row per draw, each with its own baseline.
+
+    Parameters
+    ----------
+    exploration : RoiExploration with ``samples`` (``roi.samples`` > 1)
+    space : image set to show
+    draws : number of draws (rows) at most
+    """
+    if not exploration.samples or space not in exploration.samples:
+        raise ConfigError(f"draws_figure: no samples of {space!r} (the exploration was run with one draw per ROI)")
+    seed = int(exploration.info.get("seed", 0))
+    stack, base = exploration.samples[space], exploration.baseline_samples[space]
+    n = min(int(draws), len(stack))
+    rows = {f"seed {seed + k}": stack[k] for k in range(n)}
+    return roi_images_figure(rows, exploration.rois, baseline={f"seed {seed + k}": base[k] for k in range(n)},
+                             groups={s.name: s.group for s in exploration.specs},
+                             title=f"{space}: ROI images of {n} of {len(stack)} draws (decoding seeds)")
+
+
 def closed_loop_figure(result: Any, space: str, *, title: str | None = None) -> Any:
     """Heat map of ROI responses to ROI images, and each ROI image against the natural test stimuli.
 
@@ -148,7 +168,8 @@ def _rect(i: int) -> Any:
 
 
 def eccentricity_figure(energy: Mapping[str, Any], specs: Sequence[Any], *, title: str = "Where ROI images put their energy") -> Any:
-    """Energy density per eccentricity ring of the eccentricity-band images, and preferred vs nominal eccentricity.
+    """Energy density per eccentricity ring of the eccentricity-band images, and preferred vs nominal eccentricity
+    of their energy and (where measured) of the contrast they add.
 
     Parameters
     ----------
@@ -158,8 +179,10 @@ def eccentricity_figure(energy: Mapping[str, Any], specs: Sequence[Any], *, titl
     bands = [s for s in specs if s.ecc_range is not None]
     visual = [s for s in specs if s.group == "visual"]
     spaces = list(energy)
-    fig = _figure(figsize=(4.0 * len(spaces) + 4.2, 3.6))
-    axes = fig.subplots(1, len(spaces) + 1, squeeze=False)[0]
+    with_contrast = bool(bands) and all(energy[sp].contrast_preferred_ecc is not None for sp in spaces)
+    n_panels = len(spaces) + 1 + int(with_contrast)
+    fig = _figure(figsize=(4.0 * len(spaces) + 4.2 * (1 + int(with_contrast)), 3.6))
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
     import matplotlib as mpl
 
     cmap = mpl.colormaps["viridis"]
@@ -180,35 +203,14 @@ def eccentricity_figure(energy: Mapping[str, Any], specs: Sequence[Any], *, titl
         ax.tick_params(axis="y", labelsize=8)
         if k == 0 and bands:
             ax.legend(fontsize=8, title="ROI image", title_fontsize=8)
-    ax = axes[-1]
-    for k, space in enumerate(spaces):
-        e = energy[space]
-        if bands:
-            x = [e.nominal_ecc.get(s.name, np.nan) for s in bands]
-            y = [e.preferred_ecc[e.rois.index(s.name)] for s in bands]
-            ax.plot(x, y, "-o", label=space, ms=5)
     if bands:
-        ref = next((energy[sp] for sp in spaces if all(s.name in energy[sp].reference_ecc for s in bands)), None)
-        if ref is not None:  # where the bands actually look (the simulator's effective receptive fields)
-            ax.plot([ref.nominal_ecc.get(s.name, np.nan) for s in bands], [ref.reference_ecc[s.name] for s in bands],
-                    ls=":", marker="s", color="#444444", ms=4, label="effective RFs")
-        lims = [0.2, 8.0]
-        ax.plot(lims, lims, ls="--", color="#999999", lw=0.8, label="identity")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        from matplotlib.ticker import FixedLocator, NullLocator
-
-        ticks = [0.25, 0.5, 1, 2, 4, 8]
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(FixedLocator(ticks))
-            axis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
-        ax.set_yticklabels([f"{t:g}" for t in ticks], fontsize=8)
-        ax.set_xlabel("nominal eccentricity of the band (deg)", fontsize=9)
-        ax.set_ylabel("preferred eccentricity of its image (deg)", fontsize=9)
-        ax.legend(fontsize=8)
-        ax.set_title("eccentricity bands", fontsize=10)
+        _band_panel(axes[len(spaces)], energy, bands, "preferred_ecc", "preferred eccentricity of its image (deg)",
+                    "eccentricity bands: energy")
+        if with_contrast:
+            _band_panel(axes[len(spaces) + 1], energy, bands, "contrast_preferred_ecc",
+                        "preferred eccentricity of the contrast added (deg)", "eccentricity bands: contrast added")
     elif visual:
+        ax = axes[-1]
         for k, space in enumerate(spaces):
             e = energy[space]
             ax.plot(range(len(visual)), [e.preferred_ecc[e.rois.index(s.name)] for s in visual], "-o", label=space)
@@ -217,10 +219,40 @@ def eccentricity_figure(energy: Mapping[str, Any], specs: Sequence[Any], *, titl
         ax.set_ylabel("preferred eccentricity (deg)", fontsize=9)
         ax.legend(fontsize=8)
     else:
-        ax.axis("off")
+        axes[-1].axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _band_panel(ax: Any, energy: Mapping[str, Any], bands: Sequence[Any], attr: str, ylabel: str, title: str) -> None:
+    """Preferred eccentricity (``EnergyResult.<attr>``) of each band's image against the band's nominal eccentricity."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    spaces = list(energy)
+    for space in spaces:
+        e = energy[space]
+        x = [e.nominal_ecc.get(s.name, np.nan) for s in bands]
+        y = [getattr(e, attr)[e.rois.index(s.name)] for s in bands]
+        ax.plot(x, y, "-o", label=space, ms=5)
+    ref = next((energy[sp] for sp in spaces if all(s.name in energy[sp].reference_ecc for s in bands)), None)
+    if ref is not None:  # where the bands actually look (the simulator's effective receptive fields)
+        ax.plot([ref.nominal_ecc.get(s.name, np.nan) for s in bands], [ref.reference_ecc[s.name] for s in bands],
+                ls=":", marker="s", color="#444444", ms=4, label="effective RFs")
+    lims = [0.2, 8.0]
+    ax.plot(lims, lims, ls="--", color="#999999", lw=0.8, label="identity")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ticks = [0.25, 0.5, 1, 2, 4, 8]
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
+    ax.set_yticklabels([f"{t:g}" for t in ticks], fontsize=8)
+    ax.set_xlabel("nominal eccentricity of the band (deg)", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
 
 
 def weights_figure(weights: Any, *, title: str = "Voxel-weight percentiles per ROI") -> Any:
@@ -313,6 +345,9 @@ def save_exploration_figures(exploration: Any, folder: str | os.PathLike) -> lis
     for model, res in exploration.closed_loop.items():
         for space in res.responses:
             out.append(save_figure(closed_loop_figure(res, space), folder / f"closed_loop_{model}_{space}.png"))
+    if exploration.samples:  # one image is one draw: show how the draws of the final space vary
+        space = exploration.spaces[-1]
+        out.append(save_figure(draws_figure(exploration, space), folder / f"draws_{space}.png"))
     if exploration.energy:
         out.append(save_figure(eccentricity_figure(exploration.energy, exploration.specs), folder / "eccentricity.png"))
     if exploration.weights is not None:

@@ -93,7 +93,8 @@ class RoiStage(Stage):
     """
 
     name = "roi"
-    version = 4  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances; 4: ROI response r
+    version = 5  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances; 4: ROI response r;
+    # 5: contrast-energy measure of the energy analysis
 
     def fingerprint(self) -> dict[str, Any]:
         """Content digests of NIfTI masks (their paths are not hashed)."""

@@ -17,8 +17,17 @@ from brainrecon.roi.closed_loop import (
     roi_means,
     roi_response_correlation,
 )
-from brainrecon.roi.energy import energy_analysis, ordering, prf_coverage, ring_profile
+from brainrecon.roi.energy import (
+    EnergyResult,
+    contrast_energy,
+    contrast_maps,
+    energy_analysis,
+    ordering,
+    prf_coverage,
+    ring_profile,
+)
 from brainrecon.roi.explore import RoiExploration, chain_order
+from brainrecon.roi.figures import draws_figure
 from brainrecon.roi.masks import (
     ROI_SETS,
     RoiSpec,
@@ -374,6 +383,38 @@ def test_energy_of_samples_is_the_mean_of_each_against_its_own_baseline():
         energy_analysis(imgs, base[:1], ["a", "b"], size=32)
 
 
+def test_contrast_added_follows_texture_not_luminance():
+    size, deg = 128, 8.4
+    c = ((np.arange(size) + 0.5) / size - 0.5) * deg
+    ecc = np.hypot(c[None, :], c[:, None])
+    rng = np.random.default_rng(1)
+    base = np.full((1, 3, size, size), 0.5, np.float32)
+    imgs = np.repeat(base, 4, axis=0)
+    noise = rng.uniform(-0.4, 0.4, size=(size, size)).astype(np.float32)  # fine texture, mean 0
+    for k, (lo, hi) in enumerate(((0.0, 0.5), (1.0, 2.0), (2.5, 4.0))):
+        ring = (ecc >= lo) & (ecc < hi)
+        imgs[k, :, ring] += noise[ring][:, None]
+    imgs[3, :, ecc < 1.5] = 0.9  # a flat bright disc: luminance change, contrast only at its edge
+    res = energy_analysis(np.clip(imgs, 0, 1), base, ["a", "b", "c", "disc"], stimulus_deg=deg)
+    assert res.contrast_profile.shape == (4, 5)
+    assert res.contrast_profile[:3].argmax(1).tolist() == [0, 2, 3]
+    assert ordering(res.contrast_preferred_ecc[:3])["strictly_increasing"]
+    # the disc's squared difference is all inside 2 degrees, densest at its centre; the contrast it adds is at
+    # its edge (1.5 degrees) and about none at its centre
+    assert res.profile[3, 3:].max() == 0 and res.profile[3, 0] >= res.profile[3, 2]
+    assert res.contrast_profile[3, 0] < 0.01 * res.contrast_profile[3, 2]
+    # contrast removed from the baseline is not contrast added
+    flat = np.full((1, 3, size, size), 0.5, np.float32)
+    assert contrast_maps(flat, np.clip(imgs[:1], 0, 1)).max() == 0
+    with pytest.raises(ShapeMismatchError):
+        contrast_energy(imgs[:, :1])
+    # saved and read back; an energy.json written before the measure existed reads as None
+    back = EnergyResult.from_json(res.to_json())
+    np.testing.assert_allclose(back.contrast_preferred_ecc, res.contrast_preferred_ecc)
+    old = {k: v for k, v in res.to_json().items() if not k.startswith("contrast")}
+    assert EnergyResult.from_json(old).contrast_profile is None
+
+
 # ------------------------------------------------------------------------------ weights
 def test_voxel_weight_norms_and_semantic_index(ridge):
     dec, X, Y = ridge
@@ -430,12 +471,20 @@ def test_exploration_save_load_roundtrip(tmp_path, nsd_labels):
     back = RoiExploration.load(tmp_path / "ex")
     assert back.rois == ex.rois and back.specs[1].ecc_range == (0.0, 0.5)
     assert back.eccentricity_ordering("toy")["neighbour_response_r"] == [0.96]
+    assert len(back.eccentricity_ordering("toy")["contrast"]["values"]) == 2
+    assert "contrast the band images add" in back.report_text()
     assert "ecc0pt5/ecc1 0.96" in back.report_text()
     np.testing.assert_array_equal(back.images["toy"], imgs["toy"])
     assert back.eccentricity_ordering("toy")["rois"] == ["ecc0pt5", "ecc1"]
     assert (tmp_path / "ex" / "images" / "toy" / "00_faces.png").is_file()
     assert (tmp_path / "ex" / "figures" / "roi_images.png").is_file()
     assert "toy.z" in back.report_text() and "0 elsewhere (the references)" in back.report_text()
+    with pytest.raises(ConfigError, match="no samples"):
+        draws_figure(ex, "toy")
+    ex.samples = {"toy": np.stack([imgs["toy"], imgs["toy"][::-1]])}
+    ex.baseline_samples = {"toy": np.stack([base["toy"], base["toy"]])}
+    ex.save(tmp_path / "ex2", figures=True)
+    assert (tmp_path / "ex2" / "figures" / "draws_toy.png").is_file()
     ex.info.update(pattern="partial", peer_groups=["category"])
     assert "Synthetic pattern (partial): the ROI 1 above its mean, its peers in category at their means" in ex.report_text()
     ex.info.update(pattern="mask")
