@@ -94,6 +94,18 @@ CONFIGS: dict[str, list[str]] = {
     # twenty draws per ROI (session 11): the same latents, a closer estimate of the expected image
     "draws20_segmenter": ["roi.samples=20", "roi.semantic_estimator=segmenter"],
     "seed1_draws20_segmenter": ["seed=1", "roi.samples=20", "roi.semantic_estimator=segmenter"],
+    # encoder guidance of the diffusion for V1-V4 and the eccentricity bands (session 11; docs/roi.md)
+    "guided_segmenter": ["roi.guidance.scale=1.0", "roi.semantic_estimator=segmenter"],
+    "guided_seeds4to7_segmenter": ["roi.guidance.scale=1.0", "roi.decode_seed=4", "roi.semantic_estimator=segmenter"],
+    "guided_seed1_segmenter": ["seed=1", "roi.guidance.scale=1.0", "roi.semantic_estimator=segmenter"],
+    "guided_scale0.5_segmenter": ["roi.guidance.scale=0.5", "roi.semantic_estimator=segmenter"],
+    "guided_scale2_segmenter": ["roi.guidance.scale=2.0", "roi.semantic_estimator=segmenter"],
+    "guided_roi_objective_segmenter": ["roi.guidance.scale=1.0", "roi.guidance.objective=roi",
+                                       "roi.semantic_estimator=segmenter"],
+    # conf/roi/recommended.yaml: partial for the category ROIs, guidance for the early visual ones
+    "recommended": ["roi=recommended"],
+    "recommended_seeds4to7": ["roi=recommended", "roi.decode_seed=4"],
+    "recommended_seed1": ["roi=recommended", "seed=1"],
     "mix0.7_segmenter": ["latents.versatile.mix=0.7", "roi.semantic_estimator=segmenter"],
     "mix1_segmenter": ["latents.versatile.mix=1.0", "roi.semantic_estimator=segmenter"],
 }
@@ -124,6 +136,8 @@ def run_config(overrides: list[str], artifacts: Path, data: Path):
 
 
 def report(name: str, ex, seconds: float, key: str) -> dict:
+    from brainrecon.roi.energy import neighbours_text
+
     """Print one configuration's numbers; return the pass/fail flags."""
     print(f"\n=== {name}  (roi/{key}, {seconds:.1f} s)")
     for k, sc in ex.scalings.items():
@@ -169,11 +183,15 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
             vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
             print(f"  {sp:<10} acceptance 2: preferred ecc (deg) {vals} | Spearman {order['spearman']:.2f}, "
                   f"strictly increasing {order['strictly_increasing']}")
+            if "neighbours" in order:
+                print(f"  {'':<10} over draws, outer/inner [95% CI]: {neighbours_text(order)}")
             if "contrast" in order:
                 c = order["contrast"]
                 vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], c["values"]))
                 print(f"  {'':<10} contrast added: preferred ecc (deg) {vals} | Spearman {c['spearman']:.2f}, "
                       f"strictly increasing {c['strictly_increasing']}")
+                if "neighbours" in c:
+                    print(f"  {'':<10} over draws, outer/inner [95% CI]: {neighbours_text({**c, 'rois': order['rois']})}")
             if "reference_values" in order:
                 ref = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["reference_values"]))
                 print(f"  {'':<10} the bands' effective receptive fields (deg) {ref}")
@@ -224,6 +242,50 @@ def configs_figure(runs: dict[str, object], space: str, path: Path, model: str =
     return save_figure(fig, path)
 
 
+def early_figure(runs: dict[str, object], space: str, path: Path, model: str = "truth") -> Path:
+    """Early visual ROI images (V1-V4, eccentricity bands) of ``space`` per configuration, one row each.
+
+    Each band's tile gives the preferred eccentricity of the contrast its image adds (degrees; in brackets, where the
+    band's effective receptive fields are) and every tile the ROI's drive by its image with its percentile among the
+    natural test stimuli (``model``); the first column is the baseline.
+    """
+    from matplotlib.figure import Figure
+
+    from brainrecon.roi.figures import save_figure
+
+    rows = [(name, ex) for name, ex in runs.items() if space in ex.images]
+    if not rows:
+        raise SystemExit(f"--early-figure: no configuration has space {space!r}")
+    first = rows[0][1]
+    early = [s.name for s in first.specs if s.group in ("visual", "eccentricity")]
+    fig = Figure(figsize=(1.45 * (len(early) + 1) + 1.2, 1.75 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), len(early) + 1, squeeze=False)
+    for i, (name, ex) in enumerate(rows):
+        e = ex.energy[space]
+        table = {r["roi"]: r for r in ex.closed_loop[model].table(space)} if model in ex.closed_loop else {}
+        tiles = [("baseline", ex.baseline[space][0])] + [(r, ex.images[space][ex.rois.index(r)]) for r in early]
+        for j, (roi, img) in enumerate(tiles):
+            ax = axes[i, j]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            title = roi
+            if roi in table:
+                title += f"\n{table[roi]['response']:+.1f}, {table[roi]['percentile']:.0f}th"
+            k = e.rois.index(roi) if roi in e.rois else None
+            if k is not None and roi in e.reference_ecc and e.contrast_preferred_ecc is not None \
+                    and roi.startswith("ecc"):
+                title += f"\n{e.contrast_preferred_ecc[k]:.2f}° ({e.reference_ecc[roi]:.2f}°)"
+            ax.set_title(title, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(f"{space}: early visual ROI images per configuration (drive and percentile, {model} model; bands: "
+                 "preferred eccentricity of the contrast added, and of the effective receptive fields)", fontsize=8,
+                 y=1.0 + 0.15 / len(rows))
+    fig.subplots_adjust(wspace=0.06, hspace=0.6)
+    return save_figure(fig, path, dpi=90)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the configurations and print their numbers, then a pass/fail summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -232,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--figure", type=Path, help="also draw the category-ROI images of every configuration (PNG)")
-    ap.add_argument("--figure-space", default="icgan", help="latent space of --figure (default icgan)")
+    ap.add_argument("--figure-space", default="icgan", help="latent space of --figure and --early-figure (default icgan)")
+    ap.add_argument("--early-figure", type=Path, help="also draw the early visual ROI images of every configuration")
     ap.add_argument("--overrides", nargs="+", default=[], metavar="KEY=VALUE",
                     help="Hydra overrides added to every configuration, e.g. another diffusion model: "
                          "latents.versatile.weights_path=artifacts/training/vd_other (after `python -m pipelines.run` "
@@ -248,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         runs[name] = ex
     if args.figure is not None:
         print(f"\nfigure: {configs_figure(runs, args.figure_space, args.figure)}")
+    if args.early_figure is not None:
+        print(f"\nfigure: {early_figure(runs, args.figure_space, args.early_figure)}")
     print("\n=== acceptance 1 (category ROIs selective and >= 90th percentile), per configuration")
     for name, flags in summary.items():
         print(f"  {name:<18} " + "  ".join(f"{m}/{s}: {'PASS' if ok else 'fail'}" for (m, s), ok in flags.items()))

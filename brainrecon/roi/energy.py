@@ -57,6 +57,7 @@ __all__ = [
     "EnergyResult",
     "energy_analysis",
     "ordering",
+    "neighbours_text",
 ]
 
 #: Inner edges of NSD's eccentricity rings (degrees): 0-0.5, 0.5-1, 1-2, 2-4, > 4.
@@ -213,6 +214,8 @@ class EnergyResult:
     reference_ecc: dict[str, float] = field(default_factory=dict)
     contrast_profile: np.ndarray | None = None  # (n_rois, n_rings) density of the contrast added
     contrast_preferred_ecc: np.ndarray | None = None  # (n_rois,)
+    preferred_ecc_samples: np.ndarray | None = None  # (n_samples, n_rois): each draw's own, with several draws
+    contrast_preferred_ecc_samples: np.ndarray | None = None  # (n_samples, n_rois)
 
     def to_json(self) -> dict[str, Any]:
         return {"rois": self.rois, "edges": self.edges, "stimulus_deg": self.stimulus_deg,
@@ -223,7 +226,11 @@ class EnergyResult:
                 "reference_ecc": self.reference_ecc,
                 "contrast_profile": None if self.contrast_profile is None else self.contrast_profile.tolist(),
                 "contrast_preferred_ecc": None if self.contrast_preferred_ecc is None
-                else self.contrast_preferred_ecc.tolist()}
+                else self.contrast_preferred_ecc.tolist(),
+                "preferred_ecc_samples": None if self.preferred_ecc_samples is None
+                else self.preferred_ecc_samples.tolist(),
+                "contrast_preferred_ecc_samples": None if self.contrast_preferred_ecc_samples is None
+                else self.contrast_preferred_ecc_samples.tolist()}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EnergyResult:
@@ -232,11 +239,13 @@ class EnergyResult:
                             dtype=float).reshape(np.shape(v))
 
         cov, eff = d.get("coverage_r"), d.get("effective_r")
-        cprof, cpref = d.get("contrast_profile"), d.get("contrast_preferred_ecc")  # absent before session 11
+        # absent before session 11
+        extra = [d.get(k) for k in ("contrast_profile", "contrast_preferred_ecc", "preferred_ecc_samples",
+                                    "contrast_preferred_ecc_samples")]
         return cls(list(d["rois"]), [float(e) for e in d["edges"]], float(d["stimulus_deg"]), arr(d["profile"]),
                    arr(d["preferred_ecc"]), None if cov is None else arr(cov), dict(d.get("nominal_ecc") or {}),
                    None if eff is None else arr(eff), dict(d.get("reference_ecc") or {}),
-                   None if cprof is None else arr(cprof), None if cpref is None else arr(cpref))
+                   *[None if v is None else arr(v) for v in extra])
 
 
 def energy_analysis(
@@ -274,13 +283,21 @@ def energy_analysis(
             raise ShapeMismatchError("ROI image samples and baselines", f"(s, {len(rois)}, 3, H, W) and (s, 1, 3, h, w)",
                                      (images.shape, baseline.shape))
         # each sample against the baseline decoded with the same seed, so shared sampling noise cancels
-        maps = np.mean([energy_maps(im, b, size) for im, b in zip(images, baseline)], axis=0)
-        cmaps = np.mean([contrast_maps(im, b, size) for im, b in zip(images, baseline)], axis=0)
+        per_e = np.stack([energy_maps(im, b, size) for im, b in zip(images, baseline)])
+        per_c = np.stack([contrast_maps(im, b, size) for im, b in zip(images, baseline)])
+        maps, cmaps = per_e.mean(0), per_c.mean(0)
+        # per draw too, so that an ordering can be given with its sampling uncertainty
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pref_s = np.stack([preferred_eccentricity(ring_profile(m, stimulus_deg, edges), edges, stimulus_deg)
+                               for m in per_e])
+            cpref_s = np.stack([preferred_eccentricity(ring_profile(m, stimulus_deg, edges), edges, stimulus_deg)
+                                for m in per_c])
     else:
         if len(images) != len(rois):
             raise ShapeMismatchError("ROI images (one per ROI)", len(rois), len(images))
         maps = energy_maps(images, baseline, size)
         cmaps = contrast_maps(images, baseline, size)
+        pref_s = cpref_s = None
     prof = ring_profile(maps, stimulus_deg, edges)
     pref = preferred_eccentricity(prof, edges, stimulus_deg)
     cprof = ring_profile(cmaps, stimulus_deg, edges)
@@ -311,15 +328,68 @@ def energy_analysis(
         hi_eff = hi if np.isfinite(hi) else stimulus_deg / np.sqrt(2.0)
         nominal[r] = hi_eff / 2.0 if lo == 0 else float(np.sqrt(lo * hi_eff))
     return EnergyResult(list(rois), [float(e) for e in edges], float(stimulus_deg), prof, pref, cov, nominal, eff, ref_ecc,
-                        cprof, cpref)
+                        cprof, cpref, pref_s, cpref_s)
 
 
-def ordering(values: Sequence[float]) -> dict[str, Any]:
-    """Spearman correlation of ``values`` with their position, and whether they strictly increase."""
+def ordering(values: Sequence[float], samples: np.ndarray | None = None, *, n_boot: int = 2000,
+             level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Spearman correlation of ``values`` with their position, and whether they strictly increase.
+
+    Parameters
+    ----------
+    values : (n,) preferred eccentricities in band order
+    samples : (n_samples, n) each draw's preferred eccentricities, optional
+        With two or more draws, each pair of neighbours gets ``neighbours``: the ratio of the
+        outer to the inner band's preferred eccentricity, as the geometric mean over draws of the
+        per-draw ratio (both images of a draw share the decoding seed), with a percentile
+        bootstrap CI over draws, the fraction of draws in which the outer is larger, and a verdict:
+        ``ordered`` (CI above 1), ``reversed`` (CI below 1) or ``unresolved``.
+    """
     from scipy.stats import spearmanr
 
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return {"spearman": float("nan"), "strictly_increasing": False, "values": v.tolist()}
     rho = spearmanr(np.arange(v.size), v)[0]
-    return {"spearman": float(rho), "strictly_increasing": bool(np.all(np.diff(v) > 0)), "values": v.tolist()}
+    out: dict[str, Any] = {"spearman": float(rho), "strictly_increasing": bool(np.all(np.diff(v) > 0)),
+                           "values": v.tolist()}
+    if samples is None:
+        return out
+    S = np.asarray(samples, dtype=np.float64)
+    if S.ndim != 2 or S.shape[1] != v.size:
+        raise ShapeMismatchError("per-draw preferred eccentricities", f"(n_samples, {v.size})", S.shape)
+    if len(S) < 2 or np.allclose(S, S[0], equal_nan=True):  # one draw, or a deterministic decoder: no spread
+        return out
+    rng = np.random.default_rng(seed)
+    alpha = (1.0 - level) / 2.0
+    pairs = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logs = np.log(S)
+    for j in range(v.size - 1):
+        d = logs[:, j + 1] - logs[:, j]
+        d = d[np.isfinite(d)]
+        if len(d) < 2:
+            pairs.append({"ratio": float("nan"), "ci": [float("nan"), float("nan")], "fraction_increasing": float("nan"),
+                          "verdict": "unresolved", "n": int(len(d))})
+            continue
+        boot = d[rng.integers(0, len(d), size=(int(n_boot), len(d)))].mean(1)
+        lo, hi = np.exp(np.quantile(boot, [alpha, 1.0 - alpha]))
+        verdict = "ordered" if lo > 1.0 else "reversed" if hi < 1.0 else "unresolved"
+        pairs.append({"ratio": float(np.exp(d.mean())), "ci": [float(lo), float(hi)],
+                      "fraction_increasing": float((d > 0).mean()), "verdict": verdict, "n": int(len(d))})
+    out["neighbours"] = pairs
+    out["level"] = float(level)
+    return out
+
+
+def neighbours_text(order: Mapping[str, Any]) -> str:
+    """``ecc1/ecc0pt5 1.21 [1.05, 1.40] ordered; ...``: the per-draw verdicts of an :func:`ordering`.
+
+    ``order`` needs ``rois`` (band names) and ``neighbours``.
+    """
+    parts = []
+    for a, b, p in zip(order["rois"][:-1], order["rois"][1:], order["neighbours"]):
+        r, ci = p["ratio"], p["ci"]
+        txt = "n/a" if r is None or not np.isfinite(r) else f"{r:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+        parts.append(f"{b}/{a} {txt} {p['verdict']}")
+    return "; ".join(parts)

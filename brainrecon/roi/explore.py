@@ -38,7 +38,8 @@ from brainrecon.roi.closed_loop import (
     percentile_of,
     roi_response_correlation,
 )
-from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, ordering
+from brainrecon.roi.energy import NSD_STIMULUS_DEG, EnergyResult, energy_analysis, neighbours_text, ordering
+from brainrecon.roi.guidance import GUIDANCE_OBJECTIVES
 from brainrecon.roi.masks import (
     ROI_GROUPS,
     RoiSpec,
@@ -135,14 +136,18 @@ class RoiExploration:
             return None
         bands.sort(key=lambda i: self.specs[i].ecc_range[0])
         e = self.energy[space]
-        out = ordering([e.preferred_ecc[i] for i in bands])
+        def per_draw(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else np.asarray(a)[:, bands]
+
+        out = ordering([e.preferred_ecc[i] for i in bands], per_draw(e.preferred_ecc_samples))
         out["rois"] = [self.specs[i].name for i in bands]
         names = out["rois"]
         if all(n in e.reference_ecc for n in names):  # the same ordering of where the bands actually look
             ref = ordering([e.reference_ecc[n] for n in names])
             out["reference_values"], out["reference_strictly_increasing"] = ref["values"], ref["strictly_increasing"]
         if e.contrast_preferred_ecc is not None:  # the same question asked of the contrast the images add
-            out["contrast"] = ordering([e.contrast_preferred_ecc[i] for i in bands])
+            out["contrast"] = ordering([e.contrast_preferred_ecc[i] for i in bands],
+                                       per_draw(e.contrast_preferred_ecc_samples))
         r = self.info.get("roi_response_r")
         if r is not None:  # r of each band's mean training response with the next band's
             out["neighbour_response_r"] = [float(r[i][j]) for i, j in zip(bands[:-1], bands[1:])]
@@ -169,7 +174,12 @@ class RoiExploration:
                  "partial": f"its peers in {peers} at their means, every other voxel at its expected value then",
                  }.get(pattern, "0 elsewhere (the references)" if contrast == 0 else
                        f"its peers in {peers} below their mean (contrast {contrast:g})")
-        lines = [lead, "Scaling of each target:"]
+        lines = [lead]
+        g = self.info.get("guidance")
+        if g:
+            lines.append(f"Encoder guidance of {', '.join(g['spaces'])} (ROIs of {', '.join(g['groups'])}): scale "
+                         f"{g['scale']:g}, objective {g['objective']}; {g['encoder']}")
+        lines.append("Scaling of each target:")
         for k, sc in self.scalings.items():
             extra = "" if sc.norm is None else f", norm {sc.norm:.3g}"
             lines.append(f"  {k:<24} {sc.method:<15} scale {sc.scale:.3g}{extra}   ({sc.source})")
@@ -207,11 +217,16 @@ class RoiExploration:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["values"]))
                 lines.append(f"\n{sp}: preferred eccentricity of the band images (deg): {vals}; Spearman "
                              f"{f(order['spearman'])}, strictly increasing: {order['strictly_increasing']}")
+            if order is not None and "neighbours" in order:
+                lines.append(f"{sp}: neighbours over draws (outer/inner ratio [CI]): " + neighbours_text(order))
             if order is not None and "contrast" in order:
                 c = order["contrast"]
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], c["values"]))
                 lines.append(f"{sp}: preferred eccentricity of the contrast the band images add (deg): {vals}; "
                              f"Spearman {f(c['spearman'])}, strictly increasing: {c['strictly_increasing']}")
+                if "neighbours" in c:
+                    lines.append(f"{sp}: contrast added, neighbours over draws (outer/inner ratio [CI]): "
+                                 + neighbours_text({**c, "rois": order["rois"]}))
             if order is not None and "reference_values" in order:
                 vals = ", ".join(f"{r} {f(v)}" for r, v in zip(order["rois"], order["reference_values"]))
                 lines.append(f"{sp}: preferred eccentricity of the bands' effective receptive fields (deg): {vals}")
@@ -417,6 +432,9 @@ def explore_rois(
     pattern: str = "mask",
     contrast: float = 0.0,
     peer_groups: Sequence[str] = ("category",),
+    guidance_scale: float = 0.0,
+    guidance_objective: str = "selective",
+    guidance_groups: Sequence[str] = ("visual", "eccentricity"),
     models: Sequence[str] | str = "auto",
     clip_path: str = "bundled:clip_small",
     readout_kernel: str = "rbf",
@@ -468,6 +486,15 @@ def explore_rois(
         Groups whose ROIs are set against their peers (by ``contrast`` or ``partial``).
         Default: the category ROIs only; for early visual ROIs, whose neighbours see nearly
         the same part of the field, it moves energy away from the ROI's receptive fields.
+    guidance_scale : float
+        Encoder guidance (:mod:`brainrecon.roi.guidance`) of the spaces that support it (Versatile
+        Diffusion), in units of the noise's RMS per step; 0 (default) decodes the references' images.
+    guidance_objective : {"selective", "roi"}
+        ``selective``: the ROI's predicted response minus the mean of its group peers'; ``roi``:
+        the ROI's alone (BrainDiVE's).
+    guidance_groups : sequence of str
+        ROI groups that are guided (default V1-V4 and the eccentricity bands; the guiding encoder
+        reads low-level features only).
     models : ``"auto"`` or subset of :data:`CLOSED_LOOP_MODELS`
         ``auto``: ``truth`` and ``fitted`` on simulated data, ``fitted`` otherwise.
     clip_path : str
@@ -508,6 +535,19 @@ def explore_rois(
     if pattern != "mask" and float(contrast) != 0.0:
         raise ConfigError(f"roi.contrast: applies to pattern 'mask' only, got contrast {contrast!r} with pattern "
                           f"{pattern!r}")
+    guidance_scale = float(guidance_scale)
+    if not np.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ConfigError(f"roi.guidance.scale: expected a finite value >= 0, got {guidance_scale!r}")
+    if guidance_objective not in GUIDANCE_OBJECTIVES:
+        raise ConfigError(f"roi.guidance.objective: expected one of {list(GUIDANCE_OBJECTIVES)}, "
+                          f"got {guidance_objective!r}")
+    bad = sorted(set(guidance_groups) - set(ROI_GROUPS))
+    if bad:
+        raise ConfigError(f"roi.guidance.groups: expected names from {list(ROI_GROUPS)}, got {bad}")
+    guided = [s for s in spaces if getattr(spaces[s], "supports_guidance", False)] if guidance_scale > 0 else []
+    if guidance_scale > 0 and not guided:
+        raise ConfigError(f"roi.guidance.scale > 0: no latent space of this run supports encoder guidance "
+                          f"({sorted(spaces)}; Versatile Diffusion does)")
     init_from = dict(init_from or {})
     missing = sorted(set(spaces) - set(fits)) + sorted(set(spaces) - set(extracts))
     if missing:
@@ -562,6 +602,17 @@ def explore_rois(
         latents[space][t] = z.reshape(len(names), *shapes[key])
         base_latents[space][t] = b.astype(np.float32).reshape(1, *shapes[key])
 
+    # ---- encoder guidance of the spaces that support it (off by default: the references' images)
+    guide = None
+    if guidance_scale > 0:
+        from brainrecon.roi.guidance import EncoderGuide
+
+        guide = EncoderGuide.fit(np.asarray(data.array("stimuli_train")), X_train, masks,
+                                 {s.name: s.group for s in specs}, [*names, None], objective=guidance_objective,
+                                 guided_groups=list(guidance_groups))
+        if not guide.guided_rows().any():
+            raise ConfigError(f"roi.guidance.groups {list(guidance_groups)}: none of the ROIs {names} is in them")
+
     # ---- images (chained like the run); sample k is decoded with seed + k, its chain from the source's sample k
     if int(samples) < 1:
         raise ConfigError(f"roi.samples: expected an integer >= 1, got {samples!r}")
@@ -574,7 +625,8 @@ def explore_rois(
         # the baseline rides along as the last row: one decode call per space (diffusion steps cost per call)
         both = {t: np.concatenate([latents[space][t], base_latents[space][t]]) for t in latents[space]}
         init = None if src is None else to_float_chw(np.concatenate([drawn[src][k], drawn_base[src][k]]))
-        out = _to_uint8(spaces[space].decode(both, init=init, seed=seed + k))
+        extra_args = {"guide": guide, "guide_scale": guidance_scale} if space in guided else {}
+        out = _to_uint8(spaces[space].decode(both, init=init, seed=seed + k, **extra_args))
         drawn[space].append(out[:-1])
         drawn_base[space].append(out[-1:])
     images = {s: drawn[s][0] for s in spaces}
@@ -584,6 +636,10 @@ def explore_rois(
                                  info={"chains": init_from, "seed": int(seed), "samples": int(samples),
                                        "value": float(value), "pattern": str(pattern), "contrast": float(contrast),
                                        "peer_groups": list(peer_groups),
+                                       "guidance": None if guide is None else {
+                                           "scale": guidance_scale, "objective": str(guidance_objective),
+                                           "groups": list(guidance_groups), "spaces": guided,
+                                           "encoder": guide.description},
                                        "rois_requested": [str(e) if not isinstance(e, Mapping) else dict(e) for e in entries],
                                        "source": info.get("source")})
     if int(samples) > 1:

@@ -39,6 +39,7 @@ ROI_DEFAULTS: dict[str, Any] = {
     "ceiling_check": True,
     "decode_seed": None,
     "samples": 4,
+    "guidance": {"scale": 0.0, "objective": "selective", "groups": ["visual", "eccentricity"]},
 }
 
 
@@ -87,14 +88,17 @@ class RoiStage(Stage):
     samples : int
         Images drawn per ROI (seeds ``decode_seed ...``); the closed loop and the energy analysis
         average over them, the first is shown (:func:`~brainrecon.roi.explore.explore_rois`).
+    guidance : dict
+        Encoder guidance of the diffusion decoder (:mod:`brainrecon.roi.guidance`): ``scale``
+        (0: off, the references' images), ``objective`` (``selective`` | ``roi``), ``groups``.
     seed : int
     chains : dict
         ``generate.init_from``.
     """
 
     name = "roi"
-    version = 5  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances; 4: ROI response r;
-    # 5: contrast-energy measure of the energy analysis
+    version = 6  # 2: several samples per ROI, ROI-latent semantics; 3: also of IC-GAN CLIP instances; 4: ROI response r;
+    # 5: contrast-energy measure of the energy analysis; 6: per-draw preferred eccentricities
 
     def fingerprint(self) -> dict[str, Any]:
         """Content digests of NIfTI masks (their paths are not hashed)."""
@@ -126,10 +130,23 @@ class RoiStage(Stage):
             readout_kernel=str(p["readout_kernel"]), semantic_estimator=str(p["semantic_estimator"]),
             segmenter_path=str(p["segmenter_weights"]), stimulus_deg=float(p["stimulus_deg"]), weights=bool(p["weights"]),
             semantic_pair=p["semantic_pair"], device=str(ctx.resources.get("device", "cpu")),
-            ceilings=ceilings or None, progress=ctx.progress,
+            ceilings=ceilings or None, progress=ctx.progress, **_guidance_args(p["guidance"]),
         )
         exploration.save(ctx.out)
         return exploration.summary()
+
+
+def _guidance_args(g: Any) -> dict[str, Any]:
+    """``roi.guidance`` as keyword arguments of :func:`~brainrecon.roi.explore.explore_rois`."""
+    defaults = ROI_DEFAULTS["guidance"]
+    if not isinstance(g, Mapping):
+        raise ConfigError(f"roi.guidance: expected a mapping with keys {sorted(defaults)}, got {g!r}")
+    unknown = sorted(set(g) - set(defaults))
+    if unknown:
+        raise ConfigError(f"roi.guidance: unknown keys {unknown}; expected {sorted(defaults)}")
+    g = {**defaults, **g}
+    groups = [g["groups"]] if isinstance(g["groups"], str) else [str(x) for x in g["groups"]]
+    return {"guidance_scale": float(g["scale"]), "guidance_objective": str(g["objective"]), "guidance_groups": groups}
 
 
 #: The CLIP of ``clip_weights: auto`` when no latent space of the run holds one.
@@ -165,6 +182,12 @@ def build_roi_stage(
     if unknown:
         raise ConfigError(f"roi: unknown parameter(s) {unknown}; expected names from {sorted(ROI_DEFAULTS)}")
     params["rois"] = roi_entries(params["rois"])
+    g = _guidance_args(params["guidance"])  # checked here, and complete in the key whatever was overridden
+    if g["guidance_scale"] > 0:
+        params["guidance"] = {"scale": g["guidance_scale"], "objective": g["guidance_objective"],
+                              "groups": g["guidance_groups"]}
+    else:  # off: the references' images, whose key does not depend on the guidance settings
+        del params["guidance"]
     if params["clip_weights"] == "auto":
         params["clip_weights"] = run_clip_weights(spaces)
     params.update({"seed": int(seed), "chains": dict(chains)})

@@ -22,6 +22,7 @@ from brainrecon.roi.energy import (
     contrast_energy,
     contrast_maps,
     energy_analysis,
+    neighbours_text,
     ordering,
     prf_coverage,
     ring_profile,
@@ -415,6 +416,41 @@ def test_contrast_added_follows_texture_not_luminance():
     assert EnergyResult.from_json(old).contrast_profile is None
 
 
+def test_ordering_over_draws_gives_each_neighbour_pair_a_verdict():
+    rng = np.random.default_rng(0)
+    # band 2 is clearly outside band 1; bands 2 and 3 are the same up to draw noise; band 4 is inside band 3
+    centre = np.array([0.5, 1.0, 1.0, 0.7])
+    draws = centre * np.exp(rng.normal(0, 0.05, size=(20, 4)))
+    out = ordering(draws.mean(0), draws, seed=1)
+    verdicts = [p["verdict"] for p in out["neighbours"]]
+    assert verdicts == ["ordered", "unresolved", "reversed"]
+    assert out["neighbours"][0]["ci"][0] > 1.0 and out["neighbours"][0]["fraction_increasing"] == 1.0
+    assert out["neighbours"][0]["ratio"] == pytest.approx(2.0, rel=0.1)
+    assert ordering(draws.mean(0), draws, seed=1) == out  # seeded
+    assert "neighbours" not in ordering(draws.mean(0))  # without draws, no verdict
+    assert "neighbours" not in ordering(draws[0], np.repeat(draws[:1], 5, 0))  # identical draws: no spread to judge
+    text = neighbours_text({**out, "rois": ["a", "b", "c", "d"]})
+    parts = text.split("; ")
+    assert [p.split()[0] for p in parts] == ["b/a", "c/b", "d/c"]
+    assert [p.split()[-1] for p in parts] == verdicts
+    with pytest.raises(ShapeMismatchError):
+        ordering(draws.mean(0), draws[:, :3])
+
+
+def test_energy_analysis_keeps_each_draw_preferred_eccentricity():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, size=(3, 1, 3, 32, 32)).astype(np.float32)
+    imgs = np.repeat(base, 2, axis=1).copy()
+    imgs[:, 0, :, 14:18, 14:18] += rng.uniform(-0.3, 0.3, size=(3, 3, 4, 4))  # central texture, every draw
+    imgs[:, 1, :, :6, :6] += rng.uniform(-0.3, 0.3, size=(3, 3, 6, 6))  # corner texture
+    res = energy_analysis(np.clip(imgs, 0, 1), base, ["a", "b"], size=32)
+    assert res.preferred_ecc_samples.shape == res.contrast_preferred_ecc_samples.shape == (3, 2)
+    assert (res.contrast_preferred_ecc_samples[:, 0] < res.contrast_preferred_ecc_samples[:, 1]).all()
+    back = EnergyResult.from_json(res.to_json())
+    np.testing.assert_allclose(back.preferred_ecc_samples, res.preferred_ecc_samples)
+    assert energy_analysis(np.clip(imgs[0], 0, 1), base[0], ["a", "b"], size=32).preferred_ecc_samples is None
+
+
 # ------------------------------------------------------------------------------ weights
 def test_voxel_weight_norms_and_semantic_index(ridge):
     dec, X, Y = ridge
@@ -538,6 +574,28 @@ def test_roi_stage_keys_on_decode_settings_without_a_generate_stage_upstream():
     assert "decode" not in build_stages(cfg, {"pixels": PixelSpace(8, 4)})["roi"].params  # nothing to key on
 
 
+def test_roi_stage_keys_on_guidance_only_when_it_is_on():
+    from brainrecon.latents.pixels import PixelSpace
+    from brainrecon.stages.pipeline import build_stages
+
+    cfg = {"name": "toy", "subject": 1, "data": {"source": "toy"}, "latents": {"pixels": {}}, "roi": {}}
+
+    def stage(guidance=None):
+        roi = {} if guidance is None else {"guidance": guidance}
+        return build_stages({**cfg, "roi": roi}, {"pixels": PixelSpace(8, 4)})["roi"]
+
+    off = stage()
+    assert "guidance" not in off.params
+    assert stage({"scale": 0.0, "objective": "roi"}).key() == off.key()  # off: the settings do not matter
+    on = stage({"scale": 1.0})
+    assert on.params["guidance"] == {"scale": 1.0, "objective": "selective", "groups": ["visual", "eccentricity"]}
+    assert on.key() != off.key()
+    assert stage({"scale": 1.0, "objective": "roi"}).key() != on.key()
+    assert stage({"scale": 1.0, "objective": "selective", "groups": ["visual", "eccentricity"]}).key() == on.key()
+    with pytest.raises(ConfigError, match="unknown keys"):
+        stage({"scale": 1.0, "weight": 2})
+
+
 def test_clip_weights_auto_is_the_clip_of_the_run_latents():
     from brainrecon.latents.pixels import PixelSpace
     from brainrecon.stages.pipeline import build_stages
@@ -632,6 +690,27 @@ def test_explore_rois_refuses_bad_pattern_settings():
         explore_rois(None, {}, {}, {}, pattern="partial", contrast=0.5)
     with pytest.raises(ConfigError, match=r"roi.semantic_estimator: expected 'clip' or 'segmenter', got 'sam'"):
         explore_rois(None, {}, {}, {}, semantic_estimator="sam")
+
+
+def test_explore_rois_refuses_bad_guidance_settings():
+    from brainrecon.roi.explore import explore_rois
+    from brainrecon.stages.roi import _guidance_args
+
+    with pytest.raises(ConfigError, match=r"roi.guidance.scale: expected a finite value >= 0"):
+        explore_rois(None, {}, {}, {}, guidance_scale=-1.0)
+    with pytest.raises(ConfigError, match=r"roi.guidance.objective"):
+        explore_rois(None, {}, {}, {}, guidance_scale=1.0, guidance_objective="max")
+    with pytest.raises(ConfigError, match=r"roi.guidance.groups: expected names from .*got \['V1'\]"):
+        explore_rois(None, {}, {}, {}, guidance_scale=1.0, guidance_groups=["V1"])
+
+    class NoGuidance:  # a latent space without encoder guidance
+        pass
+
+    with pytest.raises(ConfigError, match="no latent space of this run supports encoder guidance"):
+        explore_rois(None, {}, {}, {"vdvae": NoGuidance()}, guidance_scale=1.0)
+    with pytest.raises(ConfigError, match=r"roi.guidance: unknown keys \['strength'\]"):
+        _guidance_args({"strength": 1.0})
+    assert _guidance_args({"scale": 2})["guidance_scale"] == 2.0
 
 
 def test_explore_rois_refuses_unknown_peer_groups():

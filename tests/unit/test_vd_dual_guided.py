@@ -294,6 +294,32 @@ def test_seeded_runs_are_reproducible_and_independent_of_batch_size():
     assert not np.allclose(alone[0], a[2], atol=1e-3)
 
 
+def test_encoder_guidance_moves_only_the_guided_rows_towards_the_objective():
+    pipe = tiny_pipe()
+    text, vision, uncond = contexts(3)
+    imgs = images_uint8(3)
+    kw = {"strength": 0.75, "steps": 4, "uncond": uncond, "guidance": 3.0, "mix": 0.4, "seed": 5}
+    calls = []
+
+    def brightness(images: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        # rows 0 and 2 want a brighter image, row 1 is not guided (zero objective)
+        calls.append(list(rows))
+        w = torch.tensor([1.0, 0.0, 1.0])[torch.as_tensor(rows)]
+        return images.mean(dim=(1, 2, 3)) * w
+
+    plain = pipe(imgs, text, vision, **kw)
+    assert np.array_equal(pipe(imgs, text, vision, guide=brightness, guide_scale=0.0, **kw), plain)
+    assert not calls  # scale 0: the guide is never evaluated
+    guided = pipe(imgs, text, vision, guide=brightness, guide_scale=2.0, batch_size=2, **kw)
+    assert calls and calls[0] == [0, 1] and calls[-1] == [2]  # rows are indices among the inputs, per batch
+    assert np.allclose(guided[1], plain[1], atol=1e-5)  # a zero objective has a zero (normalised) gradient
+    assert guided[0].mean() > plain[0].mean() and guided[2].mean() > plain[2].mean()
+    with pytest.raises(ConfigError, match="needs a guide"):
+        pipe(imgs, text, vision, guide_scale=1.0, **kw)
+    with pytest.raises(ConfigError, match="guide_scale"):
+        pipe(imgs, text, vision, guide=brightness, guide_scale=-1.0, **kw)
+
+
 def test_img2img_rejects_bad_inputs():
     pipe = tiny_pipe()
     text, vision, uncond = contexts(2)

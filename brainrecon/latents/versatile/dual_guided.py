@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -594,8 +594,21 @@ class DualGuidedImg2Img:
         x = self.vae.decode((latents / self.scaling_factor).to(vae_dtype)).sample.float()
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def _guidance_direction(self, z: torch.Tensor, eps: torch.Tensor, t: int, scheduler: Any,
+                            guide: Callable[[torch.Tensor, np.ndarray], torch.Tensor],
+                            rows: np.ndarray) -> torch.Tensor:
+        """Gradient of ``guide`` w.r.t. the latent ``z`` (through the clean-latent estimate), unit RMS per image."""
+        ab = scheduler.alphas_cumprod[int(t)].to(z.device, torch.float32)
+        with torch.enable_grad():
+            zz = z.detach().float().requires_grad_(True)
+            x0 = (zz - (1.0 - ab).sqrt() * eps.detach()) / ab.sqrt()
+            score = guide(self.decode(x0), rows)
+            (g,) = torch.autograd.grad(score.sum(), zz)
+        rms = g.flatten(1).pow(2).mean(1).sqrt().clamp(min=1e-12)
+        return (g / rms[:, None, None, None]).to(eps.dtype)
+
     # ------------------------------------------------------------------ run
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: encoder guidance takes gradients inside the loop
     def __call__(
         self,
         init_images: np.ndarray,
@@ -609,6 +622,8 @@ class DualGuidedImg2Img:
         seed: int = 0,
         uncond: Sequence[Any] | None = None,
         batch_size: int | None = None,
+        guide: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+        guide_scale: float = 0.0,
     ) -> np.ndarray:
         """Refine ``init_images`` under text + vision guidance.
 
@@ -634,6 +649,14 @@ class DualGuidedImg2Img:
             required unless ``guidance == 1``.
         batch_size : int, optional
             Overrides the instance's.
+        guide : callable, optional
+            Encoder guidance (:mod:`brainrecon.roi.guidance`): ``guide(images, rows)`` gives the
+            objective ``(b,)`` of decoded images ``(b, 3, H, W)`` in [0, 1], ``rows`` their indices
+            among the ``n`` inputs. At each step the noise prediction moves against the objective's
+            gradient with respect to the latent, through the one-step estimate of the clean latent
+            and the VAE decoder, normalised per image to unit RMS: ``eps - guide_scale * g / rms(g)``.
+        guide_scale : float
+            Size of that move in units of the noise's RMS (>= 0; 0 = no guidance).
 
         Returns
         -------
@@ -668,6 +691,11 @@ class DualGuidedImg2Img:
         bs = self.batch_size if batch_size is None else int(batch_size)
         if bs < 1:
             raise ConfigError(f"batch_size: expected >= 1, got {bs}")
+        guide_scale = float(guide_scale)
+        if not np.isfinite(guide_scale) or guide_scale < 0:
+            raise ConfigError(f"guide_scale: expected a finite value >= 0, got {guide_scale}")
+        if guide_scale > 0 and guide is None:
+            raise ConfigError("guide_scale > 0 needs a guide (an objective of the decoded images)")
 
         scheduler = type(self.scheduler).from_config(self.scheduler.config)  # private timestep state
         noise_t, timesteps = img2img_timesteps(scheduler, steps, strength)
@@ -691,6 +719,9 @@ class DualGuidedImg2Img:
                 vision = _to_tensor(vision_all[i0:i1], "vision_ctx", self.device)
                 for t in timesteps:
                     eps = self.predict_noise(z, t, text, vision, mix=mix, guidance=guidance, uncond=unc)
+                    if guide is not None and guide_scale > 0:
+                        eps = eps - guide_scale * self._guidance_direction(z, eps, t, scheduler, guide,
+                                                                            np.arange(i0, i1))
                     z = scheduler.step(eps, t, z, eta=0.0).prev_sample
                     bar.update(i1 - i0)
                 out[i0:i1] = self.decode(z).cpu().numpy()

@@ -164,13 +164,18 @@ class VersatileSpace:
             self._uncond = self.clip.unconditional()
         return self._pipe
 
+    #: ``decode`` accepts ``guide``/``guide_scale`` (encoder guidance, :mod:`brainrecon.roi.guidance`).
+    supports_guidance = True
+
     def decode(
-        self, latents: Mapping[str, np.ndarray], *, init: np.ndarray | None = None, seed: int = 0
+        self, latents: Mapping[str, np.ndarray], *, init: np.ndarray | None = None, seed: int = 0,
+        guide: Any = None, guide_scale: float = 0.0,
     ) -> np.ndarray:
         """Images ``(n, 3, image_size, image_size)`` in [0, 1] from predicted CLIP tokens.
 
         ``init`` (n, 3, H, W) float in [0, 1] is the starting image (the img2img model resizes
-        it to ``image_size``).
+        it to ``image_size``). ``guide``/``guide_scale``: encoder guidance of the diffusion
+        (:meth:`~brainrecon.latents.versatile.dual_guided.DualGuidedImg2Img.__call__`); off by default.
         """
         for key, spec in self.targets.items():
             if key not in latents:
@@ -193,7 +198,7 @@ class VersatileSpace:
         out = pipe(
             init, text, vision,
             strength=strength, guidance=self.guidance, mix=self.mix, steps=self.steps, seed=int(seed),
-            uncond=self._uncond, batch_size=self.batch_size,
+            uncond=self._uncond, batch_size=self.batch_size, guide=guide, guide_scale=guide_scale,
         )
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
