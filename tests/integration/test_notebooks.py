@@ -119,3 +119,33 @@ def test_explore_roi_command_takes_names_and_nifti_masks(small_run, capsys):
     labels = np.load(result.artifacts["data"].path / "roi_floc-places.npy")
     np.testing.assert_array_equal(ex.masks[1], labels > 0)
     assert (root / "out" / "figures" / "summary.png").is_file() and (root / "out" / "closed_loop_truth.csv").is_file()
+
+
+def test_encoder_guidance_raises_its_objective_on_the_guided_rows(small_run, capsys):
+    from brainrecon.roi.guidance import EncoderGuide
+    from pipelines.explore_roi import execute
+
+    root, result = small_run
+    common = ["roi.rois=[eccentricity]", "roi.models=[truth]", "roi.weights=false", "roi.samples=2"]
+    plain = RoiExploration.load(execute(_compose("roi_explore", root, common)))
+    guided_folder = execute(_compose("roi_explore", root, [*common, "roi.guidance.scale=1.0"]))
+    out = capsys.readouterr().out
+    assert "eccentricity of the contrast versatile images add" in out
+    guided = RoiExploration.load(guided_folder)
+    info = guided.info["guidance"]
+    assert info["scale"] == 1.0 and info["objective"] == "selective" and info["spaces"] == ["versatile"]
+    assert "Encoder guidance of versatile" in guided.report_text()
+    assert "guidance" not in plain.info or plain.info["guidance"] is None
+    # the guided diffusion raises each band's selective objective over the references' images of the same seeds
+    data = result.artifacts["data"]
+    specs = guided.specs
+    guide = EncoderGuide.fit(np.asarray(data.array("stimuli_train")), np.asarray(data.array("X_train")),
+                             guided.mask_dict(), {s.name: s.group for s in specs}, guided.rois)
+    rows = np.arange(len(guided.rois))
+    gain = [guide.objective_numpy(guided.samples["versatile"][k], rows)
+            - guide.objective_numpy(plain.samples["versatile"][k], rows) for k in range(2)]
+    assert np.mean(gain) > 0 and np.mean(np.asarray(gain) > 0) >= 0.7
+    order = guided.eccentricity_ordering("versatile")
+    assert "neighbours" in order["contrast"] and len(order["contrast"]["neighbours"]) == 4
+    recommended = _compose("roi_explore", root, ["roi=recommended"]).roi  # the documented preset composes
+    assert recommended.pattern == "partial" and recommended.guidance.scale == 1.0 and recommended.samples == 4
