@@ -136,7 +136,8 @@ class RoiExploration:
             return None
         bands.sort(key=lambda i: self.specs[i].ecc_range[0])
         e = self.energy[space]
-        def per_draw(a: np.ndarray | None) -> np.ndarray | None:
+
+        def per_draw(a: np.ndarray | None) -> np.ndarray | None:  # each draw's values, bands only
             return None if a is None else np.asarray(a)[:, bands]
 
         out = ordering([e.preferred_ecc[i] for i in bands], per_draw(e.preferred_ecc_samples))
