@@ -180,18 +180,15 @@ def report(name: str, ex, seconds: float, key: str) -> dict:
         order = ex.eccentricity_ordering(sp)
         e = ex.energy[sp]
         if order is not None:
-            vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["values"]))
-            print(f"  {sp:<10} acceptance 2: preferred ecc (deg) {vals} | Spearman {order['spearman']:.2f}, "
-                  f"strictly increasing {order['strictly_increasing']}")
-            if "neighbours" in order:
-                print(f"  {'':<10} over draws, outer/inner [95% CI]: {neighbours_text(order)}")
-            if "contrast" in order:
-                c = order["contrast"]
-                vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], c["values"]))
-                print(f"  {'':<10} contrast added: preferred ecc (deg) {vals} | Spearman {c['spearman']:.2f}, "
-                      f"strictly increasing {c['strictly_increasing']}")
-                if "neighbours" in c:
-                    print(f"  {'':<10} over draws, outer/inner [95% CI]: {neighbours_text({**c, 'rois': order['rois']})}")
+            measures = [(f"{sp:<10} acceptance 2:", order), (f"{'':<10} contrast added:", order.get("contrast"))]
+            for lead, o in measures:
+                if o is None:
+                    continue
+                vals = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], o["values"]))
+                print(f"  {lead} preferred ecc (deg) {vals} | Spearman {o['spearman']:.2f}, "
+                      f"strictly increasing {o['strictly_increasing']}")
+                if "neighbours" in o:
+                    print(f"  {'':<10} over draws, outer/inner [95% CI]: {neighbours_text({**o, 'rois': order['rois']})}")
             if "reference_values" in order:
                 ref = "  ".join(f"{r} {v:.2f}" for r, v in zip(order["rois"], order["reference_values"]))
                 print(f"  {'':<10} the bands' effective receptive fields (deg) {ref}")

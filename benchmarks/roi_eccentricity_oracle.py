@@ -41,74 +41,39 @@ if str(REPO) not in sys.path:
 BANDS = ("ecc0pt5", "ecc1", "ecc2", "ecc4", "ecc4plus")
 
 
-def band_images(images: np.ndarray, responses: np.ndarray, labels: np.ndarray, top: int) -> dict[str, np.ndarray]:
-    """Per band, the response-weighted average image and the mean of its ``top`` images, each minus the mean image.
+def preferred_maps(stack: np.ndarray, responses: np.ndarray, labels: np.ndarray, tops: list[int]) -> dict[str, np.ndarray]:
+    """Per band, the response-weighted average of ``stack`` and the mean of its ``top`` preferred entries.
 
     Parameters
     ----------
-    images : (n, 3, H, W) float in [0, 1]
+    stack : (n, ...) one entry per natural image: the images (n, 3, H, W) or their contrast maps (n, S, S)
     responses : (n, n_voxels) noise-free responses
     labels : (n_voxels,) ``prf-eccrois`` labels (0: outside every band)
-    top : number of preferred images averaged
+    tops : sizes of the preferred sets
 
     Returns
     -------
-    dict with ``"weighted"`` and ``"top"``, each (n_bands, 3, H, W) deviations from the mean image
+    dict with ``"weighted"`` and ``"top<k>"`` per k, each (n_bands, ...) deviations from the mean entry
     """
     z = (responses - responses.mean(0)) / (responses.std(0) + 1e-12)
-    centred = images - images.mean(0, keepdims=True)
-    weighted, best = [], []
-    for r in band_responses(z, labels):
-        weighted.append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
-        best.append(centred[np.argsort(-r)[:top]].mean(0))
-    return {"weighted": np.stack(weighted), "top": np.stack(best)}
-
-
-def band_responses(z: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
-    """Each band's mean z-scored response, (n,) per band, in band order."""
-    out = []
+    centred = stack - stack.mean(0, keepdims=True)
+    out: dict[str, list[np.ndarray]] = {"weighted": [], **{f"top{k}": [] for k in tops}}
     for b in range(1, len(BANDS) + 1):
         if not (labels == b).any():
             raise SystemExit(f"prf-eccrois: no voxel with label {b} ({BANDS[b - 1]})")
-        out.append(z[:, labels == b].mean(1))
-    return out
+        r = z[:, labels == b].mean(1)
+        out["weighted"].append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
+        order = np.argsort(-r)
+        for k in tops:
+            out[f"top{k}"].append(centred[order[:k]].mean(0))
+    return {name: np.stack(v) for name, v in out.items()}
 
 
-def contrast_added(contrast: np.ndarray, responses: np.ndarray, labels: np.ndarray, top: int) -> dict[str, np.ndarray]:
-    """Per band, the contrast its preferred images add over the mean contrast map of all images.
-
-    Parameters
-    ----------
-    contrast : (n, S, S) local contrast-energy maps (``brainrecon.roi.energy.contrast_energy``)
-    responses, labels, top : as :func:`band_images`
-
-    Returns
-    -------
-    dict with ``"weighted"`` (response-weighted average of the contrast maps) and ``"top"`` (mean
-    contrast map of the ``top`` preferred images minus the mean map), each (n_bands, S, S), positive part
-    """
-    z = (responses - responses.mean(0)) / (responses.std(0) + 1e-12)
-    centred = contrast - contrast.mean(0, keepdims=True)
-    weighted, best = [], []
-    for r in band_responses(z, labels):
-        weighted.append(np.tensordot(r - r.mean(), centred, axes=(0, 0)) / len(r))
-        best.append(centred[np.argsort(-r)[:top]].mean(0))
-    return {"weighted": np.clip(np.stack(weighted), 0, None), "top": np.clip(np.stack(best), 0, None)}
-
-
-def preferred_of_maps(maps: np.ndarray) -> np.ndarray:
+def preferred(maps: np.ndarray) -> np.ndarray:
     """Preferred eccentricity (deg) of each (S, S) map, as the roi stage computes it."""
     from brainrecon.roi.energy import preferred_eccentricity, ring_profile
 
     return preferred_eccentricity(ring_profile(maps))
-
-
-def preferred(deviations: np.ndarray) -> np.ndarray:
-    """Preferred eccentricity (deg) of each deviation image's energy, as the roi stage computes it."""
-    from brainrecon.roi.energy import preferred_eccentricity, ring_profile
-
-    energy = (deviations.astype(np.float64) ** 2).sum(1)
-    return preferred_eccentricity(ring_profile(energy))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,20 +97,18 @@ def main(argv: list[str] | None = None) -> None:
         images = to_float_chw(truth.stimuli(np.arange(responses.shape[0])))
         labels = np.asarray(truth.roi_labels["prf-eccrois"])
         print(f"{root.name} (simulation seed {truth.config.seed}): {len(images)} natural images, noise-free responses")
-        print("  energy: preferred eccentricity (deg)  " + "  ".join(f"{b:>8}" for b in BANDS))
-        for top in args.top:
-            rows = band_images(images, responses, labels, top)
-            if top == args.top[0]:
-                show(" response-weighted average", preferred(rows["weighted"]), ordering)
-            show(f" mean of the top-{top} images", preferred(rows["top"]), ordering)
-        contrast = contrast_energy(images, ENERGY_SIZE)
-        print("  contrast added: preferred eccentricity (deg)")
-        for top in args.top:
-            rows = contrast_added(contrast, responses, labels, top)
-            if top == args.top[0]:
-                show(" response-weighted average", preferred_of_maps(rows["weighted"]), ordering)
-            show(f" mean of the top-{top} images", preferred_of_maps(rows["top"]), ordering)
-
+        # energy: squared deviation of the images; contrast added: positive part of the contrast maps' deviation
+        measures = {
+            "energy": lambda m: (m.astype(np.float64) ** 2).sum(1),
+            "contrast added": lambda m: np.clip(m, 0.0, None),
+        }
+        stacks = {"energy": images, "contrast added": contrast_energy(images, ENERGY_SIZE)}
+        for name, to_maps in measures.items():
+            print(f"  {name}: preferred eccentricity (deg)".ljust(39) + "  ".join(f"{b:>8}" for b in BANDS))
+            rows = preferred_maps(stacks[name], responses, labels, args.top)
+            show(" response-weighted average", preferred(to_maps(rows["weighted"])), ordering)
+            for top in args.top:
+                show(f" mean of the top-{top} images", preferred(to_maps(rows[f"top{top}"])), ordering)
 
 def show(name: str, values: np.ndarray, ordering) -> None:  # noqa: ANN001
     o = ordering(values)

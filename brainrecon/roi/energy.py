@@ -217,20 +217,18 @@ class EnergyResult:
     preferred_ecc_samples: np.ndarray | None = None  # (n_samples, n_rois): each draw's own, with several draws
     contrast_preferred_ecc_samples: np.ndarray | None = None  # (n_samples, n_rois)
 
+    #: Optional array fields, written as lists or null.
+    _OPTIONAL_ARRAYS = ("coverage_r", "effective_r", "contrast_profile", "contrast_preferred_ecc",
+                        "preferred_ecc_samples", "contrast_preferred_ecc_samples")
+
     def to_json(self) -> dict[str, Any]:
-        return {"rois": self.rois, "edges": self.edges, "stimulus_deg": self.stimulus_deg,
-                "profile": self.profile.tolist(), "preferred_ecc": self.preferred_ecc.tolist(),
-                "coverage_r": None if self.coverage_r is None else self.coverage_r.tolist(),
-                "nominal_ecc": self.nominal_ecc,
-                "effective_r": None if self.effective_r is None else self.effective_r.tolist(),
-                "reference_ecc": self.reference_ecc,
-                "contrast_profile": None if self.contrast_profile is None else self.contrast_profile.tolist(),
-                "contrast_preferred_ecc": None if self.contrast_preferred_ecc is None
-                else self.contrast_preferred_ecc.tolist(),
-                "preferred_ecc_samples": None if self.preferred_ecc_samples is None
-                else self.preferred_ecc_samples.tolist(),
-                "contrast_preferred_ecc_samples": None if self.contrast_preferred_ecc_samples is None
-                else self.contrast_preferred_ecc_samples.tolist()}
+        out: dict[str, Any] = {"rois": self.rois, "edges": self.edges, "stimulus_deg": self.stimulus_deg,
+                               "profile": self.profile.tolist(), "preferred_ecc": self.preferred_ecc.tolist(),
+                               "nominal_ecc": self.nominal_ecc, "reference_ecc": self.reference_ecc}
+        for k in self._OPTIONAL_ARRAYS:
+            v = getattr(self, k)
+            out[k] = None if v is None else v.tolist()
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> EnergyResult:
@@ -238,14 +236,10 @@ class EnergyResult:
             return np.array([np.nan if x is None else x for x in np.ravel(np.asarray(v, dtype=object))],
                             dtype=float).reshape(np.shape(v))
 
-        cov, eff = d.get("coverage_r"), d.get("effective_r")
-        # absent before session 11
-        extra = [d.get(k) for k in ("contrast_profile", "contrast_preferred_ecc", "preferred_ecc_samples",
-                                    "contrast_preferred_ecc_samples")]
+        optional = {k: None if d.get(k) is None else arr(d[k]) for k in cls._OPTIONAL_ARRAYS}  # some absent before session 11
         return cls(list(d["rois"]), [float(e) for e in d["edges"]], float(d["stimulus_deg"]), arr(d["profile"]),
-                   arr(d["preferred_ecc"]), None if cov is None else arr(cov), dict(d.get("nominal_ecc") or {}),
-                   None if eff is None else arr(eff), dict(d.get("reference_ecc") or {}),
-                   *[None if v is None else arr(v) for v in extra])
+                   arr(d["preferred_ecc"]), nominal_ecc=dict(d.get("nominal_ecc") or {}),
+                   reference_ecc=dict(d.get("reference_ecc") or {}), **optional)
 
 
 def energy_analysis(
@@ -287,11 +281,8 @@ def energy_analysis(
         per_c = np.stack([contrast_maps(im, b, size) for im, b in zip(images, baseline)])
         maps, cmaps = per_e.mean(0), per_c.mean(0)
         # per draw too, so that an ordering can be given with its sampling uncertainty
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pref_s = np.stack([preferred_eccentricity(ring_profile(m, stimulus_deg, edges), edges, stimulus_deg)
-                               for m in per_e])
-            cpref_s = np.stack([preferred_eccentricity(ring_profile(m, stimulus_deg, edges), edges, stimulus_deg)
-                                for m in per_c])
+        pref_s, cpref_s = (np.stack([preferred_eccentricity(ring_profile(m, stimulus_deg, edges), edges, stimulus_deg)
+                                     for m in per]) for per in (per_e, per_c))
     else:
         if len(images) != len(rois):
             raise ShapeMismatchError("ROI images (one per ROI)", len(rois), len(images))

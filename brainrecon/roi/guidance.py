@@ -146,7 +146,7 @@ class EncoderGuide:
         objective : ``"selective"`` or ``"roi"`` (module docstring)
         guided_groups : groups whose ROIs are guided; others get no guidance
         """
-        from brainrecon.roi.closed_loop import LowLevelFeatures, VoxelwiseEncodingModel, response_scale
+        from brainrecon.roi.closed_loop import LowLevelFeatures, VoxelwiseEncodingModel
 
         if objective not in GUIDANCE_OBJECTIVES:
             raise ConfigError(f"roi.guidance.objective: expected one of {list(GUIDANCE_OBJECTIVES)}, got {objective!r}")
@@ -154,24 +154,25 @@ class EncoderGuide:
         if unknown:
             raise ConfigError(f"encoder guidance: rows name ROIs without a mask: {unknown}")
         enc = VoxelwiseEncodingModel([LowLevelFeatures()]).fit(images, X)
-        mu, sd = response_scale(enc, images)
+        # the spread of the in-sample predictions is that of the predictions for the training stimuli
+        # (closed_loop.response_scale) without extracting their features again
+        _, sd = enc.ridge_.compute_train_prediction_stats()
+        sd = np.where(sd > 0, sd, 1.0).astype(np.float64)
         coef = np.asarray(enc.ridge_.coef_, dtype=np.float64)  # (features, voxels), on standardised features
-        if coef.shape[1] != len(mu):
-            raise ShapeMismatchError("encoder weights (voxels)", len(mu), coef.shape[1])
-
-        def roi_vector(name: str) -> np.ndarray:  # d(mean z-scored response of the ROI) / d(raw features)
-            m = np.asarray(masks[name], dtype=bool)
-            return (coef[:, m] / sd[m]).mean(1) / enc.f_std_
+        if coef.shape[1] != len(sd):
+            raise ShapeMismatchError("encoder weights (voxels)", len(sd), coef.shape[1])
+        # d(mean z-scored response of the ROI) / d(raw features), once per ROI
+        vectors = {name: (coef[:, np.asarray(m, dtype=bool)] / sd[np.asarray(m, dtype=bool)]).mean(1) / enc.f_std_
+                   for name, m in masks.items()}
 
         W = np.zeros((len(rows), coef.shape[0]))
         for i, name in enumerate(rows):
             if name is None or groups.get(name) not in set(guided_groups):
                 continue
-            W[i] = roi_vector(name)
-            if objective == "selective":
-                peers = [p for p in masks if p != name and groups.get(p) == groups[name]]
-                if peers:
-                    W[i] -= np.mean([roi_vector(p) for p in peers], axis=0)
+            W[i] = vectors[name]
+            peers = [p for p in masks if p != name and groups.get(p) == groups[name]]
+            if objective == "selective" and peers:
+                W[i] -= np.mean([vectors[p] for p in peers], axis=0)
         desc = (f"low-level voxel-wise ridge encoder (fitted on {len(images)} training stimuli), objective "
                 f"{objective!r}, groups {list(guided_groups)}")
         return cls(W, desc)
